@@ -2,7 +2,6 @@
 
 from .attention import (
     CogAttnProcessor,
-    attention,
     cog_attention,
     convert_to_cog_attention,
     register_cog_impl,
@@ -17,7 +16,6 @@ __all__ = [
     "UViTModel",
     "UViTOutput",
     "UViTPipeline",
-    "attention",
     "cog_attention",
     "convert_to_cog_attention",
     "register_cog_impl",

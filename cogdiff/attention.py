@@ -37,6 +37,14 @@ def register_cog_impl(name: str, fn: Callable, supports: Optional[Callable] = No
         _COG_AUTO[name] = supports
 
 
+def unregister_cog_impl(name: str) -> None:
+    """Remove a registered implementation (``"reference"`` cannot be removed)."""
+    if name == "reference":
+        raise ValueError("the reference Cog implementation cannot be unregistered")
+    _COG_IMPLS.pop(name, None)
+    _COG_AUTO.pop(name, None)
+
+
 def available_cog_impls() -> list:
     """Names accepted by ``cog_attention(..., impl=...)`` (besides ``"auto"``)."""
     _load_optional_impls()

@@ -1,0 +1,155 @@
+"""UViTPipeline: schedulers, determinism, save/load round trips, guidance, latent path, errors."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+from cogdiff import UViTModel, UViTPipeline
+from cogdiff.pipelines import classifier_free_guidance, to_uint8
+
+TINY = dict(sample_size=8, in_channels=3, patch_size=2, embed_dim=32, depth=2, num_heads=2)
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"),
+    "euler": EulerDiscreteScheduler,
+}
+
+
+def pipe(scheduler="ddim", **kw):
+    torch.manual_seed(0)
+    return UViTPipeline(UViTModel(**{**TINY, **kw}).eval(), SCHEDULERS[scheduler]())
+
+
+def run(p, seed=0, **kw):
+    kw.setdefault("num_inference_steps", 4)
+    return p(batch_size=2, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_each_scheduler_shape_range_determinism(name):
+    p = pipe(name, attention_type="cog")
+    a, b, c = run(p), run(p), run(p, seed=1)
+    assert a.shape == (2, 8, 8, 3) and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_output_types():
+    p = pipe()
+    pil = p(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 2 and pil[0].size == (8, 8)
+    pt = p(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    np_ = run(p, num_inference_steps=2)
+    assert pt.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), np_, atol=0)
+    np.testing.assert_array_equal(np.asarray(pil[0]), to_uint8(np_)[0])
+    tup = p(batch_size=1, num_inference_steps=2, output_type="np", return_dict=False)
+    assert isinstance(tup, tuple) and tup[0].shape == (1, 8, 8, 3)
+    with pytest.raises(ValueError, match="output_type"):
+        p(batch_size=1, num_inference_steps=1, output_type="jpg")
+
+
+def test_to_uint8_rounds():
+    x = np.array([0.0, 0.6 / 255, 1.49 / 255, 1.51 / 255, 1.0], dtype=np.float32).reshape(1, 1, 5, 1)
+    assert to_uint8(x).ravel().tolist() == [0, 1, 1, 2, 255]
+
+
+@pytest.mark.parametrize("attention_type", ["softmax", "cog"])
+def test_save_load_both_loaders_identical(tmp_path, attention_type):
+    p = pipe("dpm++", attention_type=attention_type, num_classes=4)
+    ref = run(p, class_labels=[1, 3], guidance_scale=2.0)
+    p.save_pretrained(tmp_path)
+    own = UViTPipeline.from_pretrained(tmp_path)
+    generic = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    for q in (own, generic):
+        assert type(q) is UViTPipeline
+        assert q.transformer.attention_types() == p.transformer.attention_types()
+        assert type(q.scheduler) is DPMSolverMultistepScheduler
+        np.testing.assert_array_equal(run(q, class_labels=[1, 3], guidance_scale=2.0), ref)
+
+
+def test_tampered_shim_needs_trust(tmp_path):
+    pipe().save_pretrained(tmp_path)
+    with open(tmp_path / "pipeline_uvit.py", "a") as f:
+        f.write("print('hello')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        UViTPipeline.from_pretrained(tmp_path)
+
+
+def test_stock_ddpm_pipeline_runs():
+    torch.manual_seed(0)
+    model = UViTModel(**TINY).eval()
+    out = DDPMPipeline(unet=model, scheduler=DDPMScheduler())(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert out.shape == (2, 8, 8, 3) and np.isfinite(out).all()
+
+
+def test_guidance_matches_manual_step():
+    p = pipe("ddim", num_classes=3)
+    p.scheduler.set_timesteps(1)
+    (t,) = p.scheduler.timesteps
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 2])
+    w = 3.0
+    with torch.no_grad():
+        eps_c = p.transformer(x, t, class_labels=y).sample
+        eps_u = p.transformer(x, t, class_labels=torch.full_like(y, 3)).sample
+        eps = classifier_free_guidance(eps_c, eps_u, w)
+        x0 = p.scheduler.step(eps, t, x).prev_sample
+    expect = (x0 / 2 + 0.5).clamp(0, 1)
+    got = p(batch_size=2, num_inference_steps=1, class_labels=y, guidance_scale=w, latents=x, output_type="pt").images
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-5)
+    # guidance 1 = conditional only; labels matter
+    a = p(batch_size=2, num_inference_steps=1, class_labels=y, latents=x, output_type="pt").images
+    b = p(batch_size=2, num_inference_steps=1, class_labels=[1, 1], latents=x, output_type="pt").images
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(classifier_free_guidance(eps_c, eps_u, 1.0), eps_c)
+
+
+def test_class_labels_errors_and_random_labels():
+    cond = pipe(num_classes=3)
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        cond(batch_size=2, num_inference_steps=1, class_labels=[0, 3])
+    with pytest.raises(ValueError, match="2 labels"):
+        cond(batch_size=2, num_inference_steps=1, class_labels=[0, 1, 2])
+    assert run(cond, num_inference_steps=1).shape == (2, 8, 8, 3)  # labels drawn from the generator
+    with pytest.raises(ValueError, match="unconditional"):
+        pipe()(batch_size=1, num_inference_steps=1, class_labels=[0])
+    with pytest.raises(ValueError, match="latents must have shape"):
+        pipe()(batch_size=2, num_inference_steps=1, latents=torch.randn(2, 3, 4, 4))
+
+
+def test_latent_path_with_tiny_vae(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.18215,
+    ).eval()
+    model = UViTModel(**{**TINY, "in_channels": 4, "num_classes": 2, "attention_type": "cog"}).eval()
+    p = UViTPipeline(model, DPMSolverMultistepScheduler(), vae=vae)
+    img = p(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (2, 16, 16, 3)  # latent 8x8, VAE upsamples x2
+    # the pipeline decodes latents / scaling_factor
+    lat = p(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False)
+    assert lat[0].shape == (2, 3, 16, 16)
+    p.save_pretrained(tmp_path)
+    r = UViTPipeline.from_pretrained(tmp_path)
+    assert r.vae is not None
+    img2 = r(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
+             generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(img2, img, atol=1e-6)
