@@ -1,0 +1,70 @@
+"""Read a training run's folder for plotting.
+
+Layout (written by the training script): ``<run>/metrics.jsonl`` (one JSON object per line with
+``step`` and ``loss``, maybe more), ``<run>/fid.jsonl`` (``step`` and ``fid``), ``<run>/pipeline/``
+(a saved ``UViTPipeline``) and ``<run>/samples/`` (image files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def read_jsonl(path) -> List[dict]:
+    """All JSON objects of a .jsonl file (blank lines skipped); [] when the file is missing."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def series(rows: List[dict], key: str, x: str = "step") -> Tuple[List[float], List[float]]:
+    """(xs, ys) of the rows that have both ``x`` and a finite number under ``key``."""
+    pts = [(r[x], r[key]) for r in rows if x in r and isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+@dataclass
+class Run:
+    """One run folder: its metric rows, FID rows, pipeline folder (or None) and sample files (sorted)."""
+
+    path: str
+    name: str
+    metrics: List[dict] = field(default_factory=list)
+    fid: List[dict] = field(default_factory=list)
+    pipeline_dir: Optional[str] = None
+    samples: List[str] = field(default_factory=list)
+
+    def curve(self, key: str = "loss") -> Tuple[List[float], List[float]]:
+        """``loss`` (or any metrics key) vs step; ``fid`` reads fid.jsonl."""
+        return series(self.fid if key == "fid" else self.metrics, key)
+
+
+def load_run(path, name: Optional[str] = None) -> Run:
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"run folder {path!r} does not exist")
+    pipe = os.path.join(path, "pipeline")
+    sample_dir = os.path.join(path, "samples")
+    samples = []
+    if os.path.isdir(sample_dir):
+        for root, _, files in os.walk(sample_dir):
+            samples += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)]
+    return Run(
+        path=path,
+        name=name or os.path.basename(os.path.normpath(path)),
+        metrics=read_jsonl(os.path.join(path, "metrics.jsonl")),
+        fid=read_jsonl(os.path.join(path, "fid.jsonl")),
+        pipeline_dir=pipe if os.path.isfile(os.path.join(pipe, "model_index.json")) else None,
+        samples=sorted(samples),
+    )
+
+
+def load_runs(paths: Dict[str, str]) -> Dict[str, Run]:
+    """``{label: run folder}`` -> ``{label: Run}``."""
+    return {label: load_run(p, label) for label, p in paths.items()}
