@@ -11,6 +11,7 @@ GPU kernel plugs in with :func:`register_cog_impl` without import-time global sw
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Dict, Optional
 
@@ -51,15 +52,13 @@ def available_cog_impls() -> list:
     return ["reference", *[n for n in _COG_IMPLS if n != "reference"]]
 
 
+@functools.lru_cache(maxsize=None)
 def _load_optional_impls() -> None:
-    # Imported lazily (on first use, not at package import) so that a missing Triton or GPU
-    # never breaks the pure-PyTorch path. The kernel module registers itself via register_cog_impl.
-    if "_loaded" in _COG_AUTO:
-        return
-    _COG_AUTO["_loaded"] = lambda *a: False
+    """Import optional kernels once, on first use (never at package import), so a missing Triton or
+    GPU never breaks the pure-PyTorch path. The kernel module registers itself via register_cog_impl."""
     try:
         from .kernels import cog_triton  # noqa: F401
-    except Exception:  # pragma: no cover - Triton absent or broken: the reference path remains
+    except ImportError:  # Triton absent: the reference path remains
         pass
 
 
@@ -163,7 +162,7 @@ def cog_attention(
     _load_optional_impls()
     if impl == "auto":
         for name in reversed(list(_COG_AUTO)):
-            if name != "_loaded" and name in _COG_IMPLS and _COG_AUTO[name](q, k, v, attn_mask, dropout_p):
+            if name in _COG_IMPLS and _COG_AUTO[name](q, k, v, attn_mask, dropout_p):
                 return _COG_IMPLS[name](q, k, v, attn_mask, dropout_p, scale)
         impl = "reference"
     if impl not in _COG_IMPLS:
