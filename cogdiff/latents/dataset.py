@@ -1,0 +1,93 @@
+"""``LatentData``: extracted VAE latents as a training data source (the ``get_batch`` protocol of
+``cogdiff.data``): memory-mapped shards, gathered by index, a fresh posterior sample per draw."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import store
+
+
+class LatentData:
+    """Latents written by ``python -m cogdiff.latents extract``.
+
+    ``get_batch(indices, generator)`` returns ``x = (mean + std * eps - shift_factor) * scaling_factor``
+    (float32, (B, C, H, W)) for each example, using the stored mirrored copy with probability 1/2, and
+    ``y`` (long, (B,)) class labels. Flips are drawn from ``generator`` first, then ``eps``.
+
+    Args:
+        root: the extraction directory (holds ``manifest.json``).
+        device: where batches are returned (default CPU).
+        keep_on_device: load every shard onto ``device`` once (fast gathers; needs N*2*2*C*H*W*2 bytes there).
+    """
+
+    def __init__(self, root: str, device: Optional[Union[str, torch.device]] = None, keep_on_device: bool = False):
+        manifest = store.read_manifest(root)
+        if manifest is None:
+            raise FileNotFoundError(f"no {store.MANIFEST} in {root!r}: create it with `python -m cogdiff.latents extract --out {root} ...`")
+        if not manifest["complete"]:
+            raise ValueError(f"latent set {root!r} is incomplete: run the same `python -m cogdiff.latents extract` command again to finish it")
+        self.root, self.manifest = root, manifest
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.num_examples = int(manifest["num_examples"])
+        self.shape: Tuple[int, int, int] = tuple(manifest["shape"])
+        self.num_classes = int(manifest["num_classes"])
+        self.classes = list(manifest["classes"])
+        self.scaling_factor = float(manifest["scaling_factor"])
+        self.shift_factor = float(manifest["shift_factor"])
+        self.image_size = int(manifest["image_size"])
+        self.vae_path = manifest["vae_path"]
+
+        labels = np.load(os.path.join(root, manifest["labels_file"]))
+        if labels.shape != (self.num_examples,):
+            raise ValueError(f"{root}/{manifest['labels_file']} has shape {labels.shape}, expected ({self.num_examples},): re-extract")
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self._starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
+        self._shards = []
+        for s in manifest["shards"]:
+            arr = np.load(os.path.join(root, s["file"]), mmap_mode="r")
+            expected = (s["count"], 2, 2, *self.shape)
+            if arr.shape != expected or arr.dtype != np.dtype(manifest["dtype"]):
+                raise ValueError(f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: re-extract it")
+            self._shards.append(arr)
+        self._resident = None
+        if keep_on_device:
+            self._resident = torch.cat([torch.from_numpy(np.array(a)) for a in self._shards]).to(self.device)
+            self.labels = self.labels.to(self.device)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def _gather(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """(B,) example indices and flips -> (B, 2, C, H, W) float16 (mean, std) on ``self.device``."""
+        if self._resident is not None:
+            return self._resident[idx.to(self.device), flip.to(self.device)]
+        idx_np, flip_np = idx.numpy(), flip.numpy()
+        shard = np.searchsorted(self._starts, idx_np, side="right") - 1  # (B,)
+        out = np.empty((len(idx_np), 2, *self.shape), dtype=store.STORE_DTYPE)
+        for s in np.unique(shard):
+            rows = np.nonzero(shard == s)[0]
+            out[rows] = self._shards[s][idx_np[rows] - self._starts[s], flip_np[rows]]
+        return torch.from_numpy(out).to(self.device)
+
+    def get_batch(self, indices: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """Examples ``indices`` -> (x float32 (B, C, H, W), y long (B,)) on ``self.device``."""
+        idx = torch.as_tensor(indices).reshape(-1).long().cpu()
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
+            raise IndexError(f"indices must lie in [0, {self.num_examples}), got min {int(idx.min())} max {int(idx.max())}")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device).cpu()
+        eps = torch.randn((len(idx), *self.shape), generator=generator, device=gen_device).to(self.device)
+        stats = self._gather(idx, flip).float()  # (B, 2, C, H, W)
+        x = (stats[:, 0] + stats[:, 1] * eps - self.shift_factor) * self.scaling_factor
+        return x, self.labels[idx.to(self.labels.device)].to(self.device)
+
+    def load_vae(self, precision: str = "fp32", device=None):
+        """The VAE these latents were made with (from the manifest's ``vae_path``), for decoding samples."""
+        from .extract import load_vae
+
+        return load_vae(self.vae_path, precision, device or self.device)

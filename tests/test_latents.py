@@ -1,0 +1,195 @@
+"""Latent extraction + LatentData on a generated ImageFolder and a tiny random AutoencoderKL (CPU, seconds)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cogdiff.latents import LatentData, center_crop_adm, encode_with_mirror, extract_latents, load_vae, read_manifest
+from cogdiff.latents.__main__ import main as cli_main
+from cogdiff.latents.extract import VOLATILE_KEYS
+
+CROP = 16  # pixels; the tiny VAE halves once -> 4 x 8 x 8 latents
+WNIDS = ["n02", "n00", "n01"]  # deliberately unsorted on creation
+SIZES = [(37, 29), (16, 16), (50, 21), (23, 64)]  # odd sizes, portrait and landscape
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet") / "train"
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(WNIDS):
+        os.makedirs(root / wnid)
+        for j, (w, h) in enumerate(SIZES):  # 3 classes x 4 = 12 images; class c is tinted channel c
+            arr = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+            arr[..., c] += 120
+            Image.fromarray(arr).save(root / wnid / f"{wnid}_{j}.JPEG", quality=95)
+    (root / "n00" / "notes.txt").write_text("not an image")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=CROP, scaling_factor=0.5,
+    )
+    path = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(path)
+    return str(path)
+
+
+def run(image_dir, out, vae_dir, **kw):
+    kw = {"image_size": CROP, "shard_size": 5, "batch_size": 3, "num_workers": 0, "device": "cpu", "progress": False, **kw}
+    return extract_latents(image_dir, str(out), vae_dir, **kw)
+
+
+@pytest.fixture(scope="module")
+def full(image_dir, vae_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return str(out), run(image_dir, out, vae_dir)
+
+
+def test_adm_crop_sizes_and_orientation():
+    for size in [(37, 29), (23, 64), (300, 90), (16, 16)]:
+        arr = np.zeros((size[1], size[0], 3), np.uint8)
+        arr[:, : size[0] // 2, 0] = 255  # left half red, right half black
+        out = np.asarray(center_crop_adm(Image.fromarray(arr), CROP))
+        assert out.shape == (CROP, CROP, 3)
+        if size[0] >= size[1]:  # the crop keeps the center: red on the left, none on the right
+            assert out[:, :4, 0].mean() > 200 and out[:, -4:, 0].mean() < 50
+
+
+def test_manifest(full, vae_dir):
+    out, m = full
+    assert m["complete"] and m == read_manifest(out)
+    assert m["num_examples"] == 12 and m["shape"] == [4, 8, 8] and m["image_size"] == CROP
+    assert m["classes"] == ["n00", "n01", "n02"] and m["class_to_idx"] == {"n00": 0, "n01": 1, "n02": 2}
+    assert [(s["start"], s["count"]) for s in m["shards"]] == [(0, 5), (5, 5), (10, 2)]
+    assert m["scaling_factor"] == 0.5 and m["shift_factor"] == 0.0 and m["vae"]["downscale"] == 2
+    assert np.load(os.path.join(out, "labels.npy")).tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    files = open(os.path.join(out, "files.txt")).read().split()
+    assert files[0] == "n00/n00_0.JPEG" and len(files) == 12  # notes.txt skipped
+    shard = np.load(os.path.join(out, "latents_00000.npy"))
+    assert shard.dtype == np.float16 and shard.shape == (5, 2, 2, 4, 8, 8)
+    assert (shard[:, :, 1] > 0).all()  # std
+
+
+def test_stored_stats_match_the_vae(full, image_dir, vae_dir):
+    out, _ = full
+    vae = load_vae(vae_dir)
+    from cogdiff.latents.images import load_image
+
+    img = load_image(os.path.join(image_dir, "n01", "n01_2.JPEG"), CROP)[None]  # example 6 = shard 1, row 1
+    stored = torch.from_numpy(np.load(os.path.join(out, "latents_00001.npy"))[1].astype(np.float32))
+    for flip, x in enumerate([img, torch.flip(img, dims=[3])]):
+        dist = vae.encode(x).latent_dist
+        torch.testing.assert_close(stored[flip, 0], dist.mean[0], atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(stored[flip, 1], dist.std[0], atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(stored[0, 0], stored[1, 0], atol=1e-2)  # the mirror is a different latent
+    both = encode_with_mirror(vae, img)
+    assert both.shape == (1, 2, 2, 4, 8, 8)
+
+
+def test_interrupted_extraction_resumes_to_identical_shards(full, image_dir, vae_dir, tmp_path):
+    ref, _ = full
+    out = tmp_path / "resumed"
+
+    def stop_after_first(i, path):
+        assert os.path.isfile(path)
+        raise Interrupt(f"simulated crash after shard {i}")
+
+    with pytest.raises(Interrupt):
+        run(image_dir, out, vae_dir, on_shard=stop_after_first)
+    assert sorted(p for p in os.listdir(out) if p.startswith("latents_")) == ["latents_00000.npy"]
+    assert read_manifest(str(out))["complete"] is False
+    with pytest.raises(ValueError, match="incomplete: run the same"):
+        LatentData(str(out))
+    (out / "latents_00001.npy.tmp-999").write_bytes(b"half a shard")  # a killed writer's leftover
+    done = []
+    m = run(image_dir, out, vae_dir, on_shard=lambda i, p: done.append(i))
+    assert done == [1, 2] and m["complete"]
+    for name in ["latents_00000.npy", "latents_00001.npy", "latents_00002.npy", "labels.npy", "files.txt"]:
+        assert (out / name).read_bytes() == open(os.path.join(ref, name), "rb").read(), name
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    strip = lambda d: {k: v for k, v in d.items() if k not in VOLATILE_KEYS}  # noqa: E731
+    assert strip(json.loads((out / "manifest.json").read_text())) == strip(read_manifest(ref))
+    assert run(image_dir, out, vae_dir, on_shard=lambda i, p: done.append(i))["complete"] and done == [1, 2]
+
+
+def test_resume_with_other_settings_is_refused(full, image_dir, vae_dir):
+    out, _ = full
+    with pytest.raises(ValueError, match=r"different settings \(encode\).*new --out"):
+        run(image_dir, out, vae_dir, batch_size=4)
+
+
+def test_scaling_factor_override(image_dir, vae_dir, tmp_path):
+    m = run(image_dir, tmp_path, vae_dir, scaling_factor=0.25, shift_factor=0.1, max_shards=1)
+    assert m["scaling_factor"] == 0.25 and m["shift_factor"] == 0.1 and not m["complete"]
+
+
+def test_latent_data_batches(full):
+    out, m = full
+    data = LatentData(out)
+    assert (data.num_examples, data.shape, data.num_classes, len(data)) == (12, (4, 8, 8), 3, 12)
+    idx = torch.tensor([11, 0, 5, 5, 7])
+    x, y = data.get_batch(idx, torch.Generator().manual_seed(1))
+    assert x.dtype == torch.float32 and x.shape == (5, 4, 8, 8) and y.dtype == torch.long
+    assert y.tolist() == [2, 0, 1, 1, 1]
+    # Reproduce by hand: flips first, then eps, from the same generator; x = (mean + std eps) * scale.
+    g = torch.Generator().manual_seed(1)
+    flip = torch.randint(0, 2, (5,), generator=g)
+    eps = torch.randn((5, 4, 8, 8), generator=g)
+    shards = [np.load(os.path.join(out, s["file"])).astype(np.float32) for s in m["shards"]]
+    raw = torch.from_numpy(np.stack([shards[i // 5][i % 5, f] for i, f in zip(idx.tolist(), flip.tolist())]))
+    torch.testing.assert_close(x, (raw[:, 0] + raw[:, 1] * eps) * 0.5)
+    x2, _ = data.get_batch(idx, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x2)
+    # Statistics over many draws of one example: the flip is a fair coin, the sample mean -> E[x].
+    many = torch.zeros(4000, dtype=torch.long)
+    xs, _ = data.get_batch(many, torch.Generator().manual_seed(2))
+    means = torch.from_numpy(shards[0][0, :, 0]) * 0.5  # (2, C, H, W): image, mirror
+    frac_mirror = ((xs - means[1]).abs().mean((1, 2, 3)) < (xs - means[0]).abs().mean((1, 2, 3))).float().mean()
+    assert 0.45 < frac_mirror < 0.55
+    torch.testing.assert_close(xs.mean(0), means.mean(0), atol=0.05, rtol=0)
+    resident = LatentData(out, device="cpu", keep_on_device=True)
+    assert torch.equal(resident.get_batch(idx, torch.Generator().manual_seed(1))[0], x)
+    with pytest.raises(IndexError, match=r"\[0, 12\)"):
+        data.get_batch(torch.tensor([12]), torch.Generator())
+
+
+def test_bad_inputs_give_one_line_errors(image_dir, vae_dir, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="pass the ImageNet train dir"):
+        run(str(tmp_path / "nope"), tmp_path / "o", vae_dir)
+    with pytest.raises(ValueError, match="has a 'train' sub-folder: pass that"):
+        run(os.path.dirname(image_dir), tmp_path / "o", vae_dir)
+    with pytest.raises(FileNotFoundError, match="no VAE at"):
+        run(image_dir, tmp_path / "o", str(tmp_path))
+    with pytest.raises(ValueError, match="divisible by the VAE's downscale factor 2"):
+        run(image_dir, tmp_path / "o", vae_dir, image_size=15)
+    with pytest.raises(FileNotFoundError, match="cogdiff.latents extract"):
+        LatentData(str(tmp_path))
+    assert cli_main(["extract", "--data", str(tmp_path / "nope"), "--vae", vae_dir, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_cli_extract_and_info(image_dir, vae_dir, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    args = ["extract", "--data", image_dir, "--vae", vae_dir, "--out", out, "--image-size", str(CROP), "--shard-size", "8",
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    assert cli_main(args + ["--max-shards", "1"]) == 0
+    assert "1/2 shards" in capsys.readouterr().out
+    assert cli_main(args) == 0 and "2/2 shards" in capsys.readouterr().out
+    assert cli_main(["info", out]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
