@@ -18,14 +18,17 @@ class LatentData:
     ``get_batch(indices, generator)`` returns ``x = (mean + std * eps - shift_factor) * scaling_factor``
     (float32, (B, C, H, W)) for each example, using the stored mirrored copy with probability 1/2, and
     ``y`` (long, (B,)) class labels. Flips are drawn from ``generator`` first, then ``eps``.
+    With ``random_flip=False`` only the unflipped copy is used and no flip is drawn.
 
     Args:
         root: the extraction directory (holds ``manifest.json``).
         device: where batches are returned (default CPU).
         keep_on_device: load every shard onto ``device`` once (fast gathers; needs N*2*2*C*H*W*2 bytes there).
+        random_flip: pick the stored mirror image with probability 1/2 (default True).
     """
 
-    def __init__(self, root: str, device: Optional[Union[str, torch.device]] = None, keep_on_device: bool = False):
+    def __init__(self, root: str, device: Optional[Union[str, torch.device]] = None, keep_on_device: bool = False,
+                 random_flip: bool = True):
         manifest = store.read_manifest(root)
         if manifest is None:
             raise FileNotFoundError(f"no {store.MANIFEST} in {root!r}: create it with `python -m cogdiff.latents extract --out {root} ...`")
@@ -41,6 +44,7 @@ class LatentData:
         self.shift_factor = float(manifest["shift_factor"])
         self.image_size = int(manifest["image_size"])
         self.vae_path = manifest["vae_path"]
+        self.random_flip = random_flip
 
         labels = np.load(os.path.join(root, manifest["labels_file"]))
         if labels.shape != (self.num_examples,):
@@ -80,7 +84,10 @@ class LatentData:
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise IndexError(f"indices must lie in [0, {self.num_examples}), got min {int(idx.min())} max {int(idx.max())}")
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device).cpu()
+        if self.random_flip:
+            flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device).cpu()
+        else:
+            flip = torch.zeros(len(idx), dtype=torch.long)
         eps = torch.randn((len(idx), *self.shape), generator=generator, device=gen_device).to(self.device)
         stats = self._gather(idx, flip).float()  # (B, 2, C, H, W)
         x = (stats[:, 0] + stats[:, 1] * eps - self.shift_factor) * self.scaling_factor
