@@ -25,36 +25,39 @@ import torch
 import triton
 
 from ..attention import cog_attention_reference, register_cog_impl
-from .cog_triton_kernels import _cog_bwd_dkdv_kernel, _cog_bwd_dq_kernel, _cog_fwd_kernel
+from .cog_triton_kernels import _cog_bwd_delta_kernel, _cog_bwd_dkdv_kernel, _cog_bwd_dq_kernel, _cog_fwd_kernel
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
-# (kernel, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages). "fwd": queries x keys tile;
-# "dq": query rows x key tile; "dkdv": query tile x key rows.
-CONFIGS: Dict[Tuple[str, int], Tuple[int, int, int, int]] = {
-    ("fwd", 16): (128, 64, 4, 3),
-    ("fwd", 32): (128, 64, 4, 3),
-    ("fwd", 64): (128, 64, 4, 3),
-    ("fwd", 128): (128, 64, 8, 3),
-    ("dq", 16): (64, 64, 4, 2),
-    ("dq", 32): (64, 64, 4, 2),
-    ("dq", 64): (64, 64, 4, 2),
-    ("dq", 128): (64, 64, 8, 2),
-    ("dkdv", 16): (64, 64, 4, 2),
-    ("dkdv", 32): (64, 64, 4, 2),
-    ("dkdv", 64): (64, 64, 4, 2),
-    ("dkdv", 128): (64, 64, 8, 2),
+# (kernel, BLOCK_D, "short" | "long") -> (BLOCK_M, BLOCK_N, num_warps, num_stages); "long" when
+# the longer sequence exceeds 512 tokens. "fwd": query x key tile; "dq": query rows x key tile;
+# "dkdv": query tile x key rows.
+_DEFAULT = {
+    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3)},
+    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
+    "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
 }
+CONFIGS: Dict[Tuple[str, int, str], Tuple[int, int, int, int]] = {
+    (kind, bd, bucket): cfg for kind, by_d in _DEFAULT.items() for bd, cfg in by_d.items() for bucket in ("short", "long")
+}
+
+
+# "short" | "long" -> how dq is computed in the backward (see cog_bwd).
+BWD_MODE: Dict[str, str] = {"short": "recompute", "long": "recompute"}
 
 
 def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def _config(kind: str, d: int) -> Tuple[int, int, int, int]:
-    return CONFIGS[(kind, _block_d(d))]
+def _bucket(lq: int, lk: int) -> str:
+    return "short" if max(lq, lk) <= 512 else "long"
+
+
+def _config(kind: str, d: int, lq: int, lk: int) -> Tuple[int, int, int, int]:
+    return CONFIGS[(kind, _block_d(d), _bucket(lq, lk))]
 
 
 def _mask_args(mask: Optional[torch.Tensor], b: int, h: int, lq: int, lk: int):
@@ -77,6 +80,15 @@ def _out_like(q: torch.Tensor, d: int) -> torch.Tensor:
     return torch.empty((b, l, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
+def _grad_like(x: torch.Tensor, dtype=None, zero: bool = False) -> torch.Tensor:
+    # Same strides as a dense input (so AccumulateGrad on leaves needs no copy), else (B, L, H, D).
+    dtype = x.dtype if dtype is None else dtype
+    if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
+        return (torch.zeros_like if zero else torch.empty_like)(x, dtype=dtype)
+    b, h, l, d = x.shape
+    return (torch.zeros if zero else torch.empty)((b, l, h, d), dtype=dtype, device=x.device).transpose(1, 2)
+
+
 def _flags(lq: int, lk: int, d: int, bm: int, bn: int, bd: int, has_mask: bool) -> dict:
     return dict(EVEN_M=lq % bm == 0, EVEN_N=lk % bn == 0, EVEN_D=d == bd, HAS_MASK=has_mask)
 
@@ -86,7 +98,7 @@ def cog_fwd(q, k, v, mask: Optional[torch.Tensor], scale: float) -> Tuple[torch.
     b, h, lq, d = q.shape
     lk = k.shape[2]
     bd = _block_d(d)
-    bm, bn, warps, stages = _config("fwd", d)
+    bm, bn, warps, stages = _config("fwd", d, lq, lk)
     o = _out_like(q, d)
     lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     m, ms = _mask_args(mask, b, h, lq, lk)
@@ -102,31 +114,47 @@ def cog_fwd(q, k, v, mask: Optional[torch.Tensor], scale: float) -> Tuple[torch.
 
 
 def cog_bwd(do, q, k, v, o, lse, mask: Optional[torch.Tensor], scale: float):
-    """Backward launchers: returns ``(dq, dk, dv)``."""
+    """Backward launchers: returns ``(dq, dk, dv)``.
+
+    ``BWD_MODE["dq"] == "recompute"``: a dq kernel (which also writes rowsum(dO*O)) recomputes the
+    scores per query block, then the dk/dv kernel; ``"atomic"``: the dk/dv kernel also adds
+    ``dS K`` into a float32 buffer with atomics (after a small rowsum kernel).
+    """
     b, h, lq, d = q.shape
     lk = k.shape[2]
     bd = _block_d(d)
-    dq, dk, dv = _out_like(q, d), _out_like(k, d), _out_like(v, d)
+    dk, dv = _grad_like(k), _grad_like(v)
     delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     m, ms = _mask_args(mask, b, h, lq, lk)
     mp = m if m is not None else q
+    atomic = BWD_MODE[_bucket(lq, lk)] == "atomic"
 
-    bm, bn, warps, stages = _config("dq", d)
-    _cog_bwd_dq_kernel[(triton.cdiv(lq, bm), b * h)](
-        q, k, v, o, do, dq, lse, delta, mp,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *ms,
-        h, lq, lk, d, abs(scale) * LOG2E, scale,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
-        num_warps=warps, num_stages=stages,
-    )
-    bm, bn, warps, stages = _config("dkdv", d)
+    if atomic:
+        dq_acc = _grad_like(q, torch.float32, zero=True)
+        _cog_bwd_delta_kernel[(triton.cdiv(lq, 64), b * h)](
+            o, do, delta, *o.stride(), *do.stride(), h, lq, d, BLOCK_M=64, BLOCK_D=bd, num_warps=4
+        )
+    else:
+        dq = _grad_like(q)
+        dq_acc = dq  # unused by the dk/dv kernel
+        bm, bn, warps, stages = _config("dq", d, lq, lk)
+        _cog_bwd_dq_kernel[(triton.cdiv(lq, bm), b * h)](
+            q, k, v, o, do, dq, lse, delta, mp,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *ms,
+            h, lq, lk, d, abs(scale) * LOG2E, scale,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
+            num_warps=warps, num_stages=stages,
+        )
+    bm, bn, warps, stages = _config("dkdv", d, lq, lk)
     _cog_bwd_dkdv_kernel[(triton.cdiv(lk, bn), b * h)](
-        q, k, v, do, dk, dv, lse, delta, mp,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *ms,
+        q, k, v, do, dk, dv, dq_acc, lse, delta, mp,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *dq_acc.stride(), *ms,
         h, lq, lk, d, abs(scale) * LOG2E, scale,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
-        num_warps=warps, num_stages=stages,
+        ATOMIC_DQ=atomic, num_warps=warps, num_stages=stages,
     )
+    if atomic:
+        dq = dq_acc.to(q.dtype)
     return dq, dk, dv
 
 
@@ -184,7 +212,7 @@ def _cog_attn_bwd_op(
 
 @_cog_attn_bwd_op.register_fake
 def _(do, q, k, v, o, lse, mask, scale):
-    return _out_like(q, q.shape[-1]), _out_like(k, k.shape[-1]), _out_like(v, v.shape[-1])
+    return _grad_like(q), _grad_like(k), _grad_like(v)
 
 
 def _setup_context(ctx, inputs, output):
@@ -240,6 +268,8 @@ def _why_unsupported(q, k, v, attn_mask, dropout_p, scale=None) -> Optional[str]
         return f"head_dim must match across q/k/v and be <= {MAX_HEAD_DIM}"
     if q.shape[0] * q.shape[1] > 65535 or min(q.shape[2], k.shape[2]) == 0:
         return "batch*heads > 65535 or empty sequence"
+    if max(q.numel(), k.numel(), v.numel()) >= 2**31:
+        return "tensors with >= 2**31 elements (32-bit offsets)"
     if dropout_p > 0.0:
         return "dropout_p > 0"
     if attn_mask is not None:

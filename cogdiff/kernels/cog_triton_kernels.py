@@ -191,20 +191,26 @@ def _cog_bwd_dq_kernel(
 
 @triton.jit
 def _cog_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, MASK,
+    Q, K, V, DO, DK, DV, DQACC, LSE, DELTA, MASK,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     sdob, sdoh, sdom, sdod,
     sdkb, sdkh, sdkn, sdkd,
     sdvb, sdvh, sdvn, sdvd,
+    saqb, saqh, saqm, saqd,
     smb, smh, smm, smn,
     H, LQ, LK, HEAD_D,
     qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_MASK: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
-    """dk and dv for one block of keys, looping over query blocks (transposed scores)."""
+    """dk and dv for one block of keys, looping over query blocks (transposed scores).
+
+    With ATOMIC_DQ, also adds ``scale * dS K`` into the float32 buffer DQACC (FA2's scheme)
+    instead of recomputing the scores in a separate dq kernel.
+    """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -229,6 +235,8 @@ def _cog_bwd_dkdv_kernel(
     do_base = DO + b * sdob + h * sdoh + offs_d[None, :] * sdod
     if HAS_MASK:
         mask_base = MASK + b * smb + h * smh + offs_n[:, None] * smn
+    if ATOMIC_DQ:
+        aq_base = DQACC + b * saqb + h * saqh + offs_d[None, :] * saqd
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start_m in range(0, LQ, BLOCK_M):
@@ -259,6 +267,9 @@ def _cog_bwd_dkdv_kernel(
         dwt = tl.dot(v, tl.trans(do))  # (dO V^T)^T
         dst = wt * (_signed(dwt, st) - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q)
+        if ATOMIC_DQ:
+            dq_part = tl.dot(tl.trans(dst.to(k.dtype)), k) * scale  # (BLOCK_M, BLOCK_D)
+            tl.atomic_add(aq_base + rows[:, None] * saqm, dq_part, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
     dk = dk * scale
     dk_ptrs = DK + b * sdkb + h * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd
     dv_ptrs = DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_d[None, :] * sdvd
@@ -268,3 +279,25 @@ def _cog_bwd_dkdv_kernel(
     else:
         tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=nd_ok)
         tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=nd_ok)
+
+
+@triton.jit
+def _cog_bwd_delta_kernel(
+    O, DO, DELTA,
+    sob, soh, som, sod,
+    sdob, sdoh, sdom, sdod,
+    H, LQ, HEAD_D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """DELTA = rowsum(dO * O) in float32 (only needed before the atomic-dq dk/dv kernel)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m < LQ)[:, None] & (offs_d < HEAD_D)[None, :]
+    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=ok, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_d[None, :] * sdod, mask=ok, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * LQ + offs_m, delta, mask=offs_m < LQ)
