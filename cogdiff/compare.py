@@ -1,0 +1,217 @@
+"""Compare two or more models (e.g. softmax U-ViT vs Cog U-ViC) under one protocol.
+
+    python -m cogdiff.compare runs/softmax runs/cog --ref stats/cifar10_train.npz -n 10000 \\
+        --scheduler dpm++ --steps 50 --batch-size 500 --bf16 --out results/compare
+
+Every model samples the same N images with the same per-image seeds and sampler and is scored against
+the same reference statistics. Writes OUT/compare.json (numbers + protocol: sampler, steps, N, seeds,
+commit, device, versions, reference fingerprint), OUT/compare.md, OUT/grid.png (one row per model,
+same seeds per column) and, for run folders with fid.jsonl, OUT/fid_vs_step.png. Prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+SEED_RULE = "image i uses torch.Generator().manual_seed(cogdiff.sampling.image_seed(seed, i)) on the CPU"
+
+
+def git_commit(path: str = ".") -> str:
+    """HEAD of the repository holding ``path`` (+ '-dirty' if tracked files changed); 'unknown' outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("-dirty" if dirty else "")) if head else "unknown"
+
+
+def device_name(device) -> str:
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _versions() -> dict:
+    import diffusers
+    import torch
+    import torchmetrics
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__, "torchmetrics": torchmetrics.__version__}
+
+
+def _write_text(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table_markdown(rows: List[dict]) -> str:
+    cols = ["model", "attention", "fid", "kid_mean", "kid_std", "inception_score", "num_images", "sample_s"]
+    has_is = any(r.get("inception_score") is not None for r in rows)
+    cols = [c for c in cols if c != "inception_score" or has_is]
+    digits = {"kid_mean": 5, "kid_std": 5, "sample_s": 1}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c), digits.get(c, 3)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(rows: Dict[str, np.ndarray], path: str, pad: int = 2, label_w: int = 80) -> str:
+    """One row per model (uint8 NHWC, same seeds per column), model name on the left; written atomically."""
+    from PIL import Image, ImageDraw
+
+    n = min(len(v) for v in rows.values())
+    h, w = next(iter(rows.values())).shape[1:3]
+    canvas = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, images) in enumerate(rows.items()):
+        y = pad + r * (h + pad)
+        draw.text((4, y + h // 2 - 5), name[:12], fill="black")
+        for c in range(n):
+            im = images[c]
+            im = np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
+            canvas.paste(Image.fromarray(im), (label_w + pad + c * (w + pad), y))
+    tmp = path + ".tmp"
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_fid_vs_step(runs: Dict[str, List[dict]], path: str) -> Optional[str]:
+    """FID (and KID if logged) vs step from fid.jsonl rows; None if no run logged FID."""
+    from .analysis.plots import plot_curves
+    from .analysis.runs import series
+
+    panels = {"fid": {k: series(v, "fid") for k, v in runs.items() if series(v, "fid")[0]}}
+    if not panels["fid"]:
+        return None
+    kid = {k: series(v, "kid_mean") for k, v in runs.items() if series(v, "kid_mean")[0]}
+    if kid:
+        panels["kid_mean"] = kid
+    tmp = path + ".tmp.png"
+    plot_curves(panels, tmp, logy=("fid",))
+    os.replace(tmp, path)
+    return path
+
+
+def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] = None, num_images: int = 10_000,
+            scheduler: str = "dpm++", steps: int = 50, batch_size: int = 256, seed: int = 0, guidance_scale: float = 1.0,
+            bf16: bool = False, device=None, weights: Optional[str] = None, grid_images: int = 8, progress: bool = True, command: Optional[str] = None) -> dict:
+    """Sample, score and report (see the module docstring). Returns the JSON record."""
+    import torch
+
+    from .analysis.runs import read_jsonl
+    from .metrics import FIDEvaluator
+    from .sampling import PIPELINE_SUBDIR, load_pipeline, sample_batch
+
+    if len(models) < 2:
+        raise ValueError(f"compare needs two or more models, got {len(models)}")
+    labels = labels or [os.path.basename(os.path.normpath(m)) for m in models]
+    if len(labels) != len(models) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels must give {len(models)} distinct names, got {labels}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    os.makedirs(out, exist_ok=True)
+    ev = FIDEvaluator(ref, device=device, weights=weights)
+    rows, grids, curves = [], {}, {}
+    for label, model in zip(labels, models):
+        pipe = load_pipeline(model, device=device, scheduler=scheduler)
+        t0 = time.perf_counter()
+        scores = ev.score_pipeline(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16, progress=progress)
+        elapsed = time.perf_counter() - t0
+        k = min(grid_images, num_images)
+        grids[label] = sample_batch(pipe, range(k), steps, seed, guidance_scale, bf16)
+        cfg = pipe.transformer.config
+        run_fid = read_jsonl(os.path.join(model, "fid.jsonl"))
+        if run_fid:
+            curves[label] = run_fid
+        rows.append(dict(model=label, path=os.path.abspath(model), attention=cfg.attention_type,
+                         attention_types=pipe.transformer.attention_types(),
+                         params=sum(p.numel() for p in pipe.transformer.parameters()),
+                         is_run_dir=os.path.isdir(os.path.join(model, PIPELINE_SUBDIR)), **scores,
+                         sample_s=round(ev.last_timings.get("sampling_s", 0.0), 3), total_s=round(elapsed, 3),
+                         last_logged_fid=run_fid[-1] if run_fid else None))
+        del pipe
+    record = dict(
+        protocol=dict(sampler=scheduler, steps=steps, num_images=num_images, seed=seed, image_seeds=SEED_RULE,
+                      guidance_scale=guidance_scale, bf16=bf16, batch_size=batch_size,
+                      ref_stats=os.path.abspath(ref), ref_fingerprint=ev.ref.fingerprint, ref_count=ev.ref.count,
+                      ref_source=ev.ref.source, feature_extractor=ev.extractor.extractor_id,
+                      kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets),
+        commit=git_commit(), device=device_name(device), versions=_versions(),
+        command=command,
+        results=rows,
+    )
+    md = (f"# Comparison: FID-{num_images} ({scheduler}, {steps} steps, guidance {guidance_scale}, seed {seed}, "
+          f"{'bf16' if bf16 else 'fp32'})\n\nReference: `{ref}` ({ev.ref.count} images, fingerprint {ev.ref.fingerprint[:16]}); "
+          f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(rows))
+    files = dict(json=os.path.join(out, "compare.json"), markdown=os.path.join(out, "compare.md"),
+                 grid=save_grid(grids, os.path.join(out, "grid.png")))
+    plot = plot_fid_vs_step(curves, os.path.join(out, "fid_vs_step.png")) if curves else None
+    if plot:
+        files["fid_vs_step"] = plot
+    record["files"] = files
+    _write_text(files["markdown"], md)
+    _write_text(files["json"], json.dumps(record, indent=2) + "\n")
+    print(table_markdown(rows), end="")
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sampling import SCHEDULERS
+
+    ap = argparse.ArgumentParser(prog="python -m cogdiff.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="two or more pipeline folders or training run folders")
+    ap.add_argument("--ref", required=True, help="reference statistics (python -m cogdiff.metrics ref ...)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--labels", default=None, help="comma-separated names (default: folder names)")
+    ap.add_argument("-n", "--num-images", type=int, default=10_000)
+    ap.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULERS))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance-scale", type=float, default=1.0)
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--weights", default=None, help="Inception weights (full weights with logits add the Inception Score)")
+    ap.add_argument("--grid-images", type=int, default=8, help="images per model in grid.png")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        compare(args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images, args.scheduler,
+                args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device, args.weights,
+                args.grid_images, progress=not args.no_progress,
+                command=" ".join(["python -m cogdiff.compare", *(sys.argv[1:] if argv is None else argv)]))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

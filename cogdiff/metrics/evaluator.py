@@ -1,0 +1,214 @@
+"""FID / KID (/ IS) of generated images against cached reference statistics, through torchmetrics.
+
+Only generated images go through the Inception network: torchmetrics' FID real-image state is seeded
+from the reference moments and KID's real features from the stored subset. Features are extracted
+once and fed to both metrics (torchmetrics sees them through an identity "feature extractor").
+Under ``torch.distributed`` (e.g. ``accelerate launch``), :meth:`FIDEvaluator.score_pipeline` splits the
+batches across processes and gathers the features; every process returns the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .images import iter_source
+from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
+from .stats import RefStats
+
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+IS_SPLITS = 10
+METRIC_SEED = 0  # KID's random subsets and IS's shuffle use their own fixed-seed RNG
+
+
+class _Precomputed(nn.Module):
+    """Identity 'feature extractor': torchmetrics receives features we already computed."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _dist() -> tuple:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate (n_r, D) tensors of all processes in rank order (sizes may differ); identity if not distributed."""
+    rank, world = _dist()
+    if world == 1:
+        return t
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    n = torch.tensor([len(t)], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch.distributed.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros(max(sizes), *t.shape[1:], dtype=t.dtype, device=dev)
+    padded[: len(t)] = t.to(dev)
+    out = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(out, padded)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(t.device)
+
+
+class FIDEvaluator:
+    """Score generated images against reference statistics built by ``python -m cogdiff.metrics ref``.
+
+    Args:
+        ref_stats: path of the reference statistics (.npz).
+        device: where Inception runs (default: CUDA if available).
+        weights: Inception weights file (see :func:`cogdiff.metrics.inception.find_weights`).
+        inception_batch_size: images per Inception forward.
+
+    Results are dicts ``{"fid", "kid_mean", "kid_std", "num_images"}``, plus ``"inception_score"`` and
+    ``"is_std"`` only with full weights (logits). ``kid_*`` are None when the statistics hold no real
+    features (e.g. pytorch-fid's files). ``last_timings`` holds the seconds spent per stage.
+    """
+
+    def __init__(self, ref_stats: str, device=None, weights: Optional[str] = None, inception_batch_size: int = 250,
+                 kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE):
+        self.extractor = InceptionFeatures(weights, device)
+        self.device = self.extractor.device
+        self.ref_path = ref_stats
+        self.ref = RefStats.load(ref_stats, extractor_id=self.extractor.extractor_id)
+        self.inception_batch_size = inception_batch_size
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.last_timings: dict = {}
+        self.last_kid_subset_size: Optional[int] = None
+
+    # ----------------------------------------------------------------------------- features
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def features(self, images) -> tuple:
+        """(features (N, 2048) float32, logits (N, 1008) or None) of uint8 images, on the evaluator's device."""
+        feats, logits = [], []
+        for i in range(0, len(images), self.inception_batch_size):
+            f, lg = self.extractor(images[i : i + self.inception_batch_size])
+            feats.append(f)
+            if lg is not None:
+                logits.append(lg)
+        return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+    # ----------------------------------------------------------------------------- scoring
+
+    def score_features(self, feats: torch.Tensor, logits: Optional[torch.Tensor] = None) -> dict:
+        """Metrics of generated-image features (all of them: not split across processes)."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        n = len(feats)
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 generated images, got {n}")
+        fid = FrechetInceptionDistance(feature=_Precomputed(NUM_FEATURES), sync_on_compute=False).to(self.device)
+        for name, value in self.ref.torchmetrics_state(self.device).items():
+            setattr(fid, name, value)
+        fid.update(feats.to(self.device), real=False)
+        out = {"fid": float(fid.compute()), "kid_mean": None, "kid_std": None, "num_images": n}
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(METRIC_SEED)
+            if self.ref.kid_features is not None:
+                real = torch.from_numpy(self.ref.kid_features.astype(np.float32))
+                size = min(self.kid_subset_size, n, len(real))
+                kid = KernelInceptionDistance(feature=_Precomputed(NUM_FEATURES), subsets=self.kid_subsets, subset_size=size,
+                                              sync_on_compute=False)
+                kid.update(real, real=True)
+                kid.update(feats.float().cpu(), real=False)
+                kid_mean, kid_std = kid.compute()
+                out.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+                self.last_kid_subset_size = size
+            else:
+                warnings.warn(f"{self.ref_path} holds no real features: KID not computed (rebuild with cogdiff.metrics ref)")
+            if logits is not None:
+                out.update(self._inception_score(logits))
+        return out
+
+    def _inception_score(self, logits: torch.Tensor) -> dict:
+        from torchmetrics.image.inception import InceptionScore
+
+        metric = InceptionScore(feature=_Precomputed(NUM_LOGITS), splits=IS_SPLITS, sync_on_compute=False)
+        metric.update(logits.float().cpu())
+        mean, std = metric.compute()
+        return {"inception_score": float(mean), "is_std": float(std)}
+
+    def inception_score(self, images) -> dict:
+        """Inception Score of uint8 images; refuses without full weights (never a non-standard IS)."""
+        if not self.extractor.has_logits:
+            raise RuntimeError(
+                "Inception Score needs the network's 1008-way logits, which these weights "
+                f"({self.extractor.weights_path}) lack; pass weights=<torch-fidelity/pytorch-fid "
+                "inception-2015-12-05 .pth> with torch-fidelity installed"
+            )
+        return self._inception_score(self.features(images)[1])
+
+    def score_images(self, images) -> dict:
+        """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches."""
+        t0 = time.perf_counter()
+        batches = [images] if isinstance(images, (np.ndarray, torch.Tensor)) else images
+        feats, logits = [], []
+        for batch in batches:
+            f, lg = self.features(batch)
+            feats.append(f)
+            if lg is not None:
+                logits.append(lg)
+        self._sync()
+        t1 = time.perf_counter()
+        out = self.score_features(torch.cat(feats), torch.cat(logits) if logits else None)
+        self.last_timings = {"inception_s": t1 - t0, "metrics_s": time.perf_counter() - t1}
+        return out
+
+    def score_source(self, source: str) -> dict:
+        """Score an image folder or an .npz of uint8 images (see :func:`cogdiff.metrics.images.iter_source`)."""
+        return self.score_images(iter_source(source))
+
+    score_folder = score_source
+
+    def score_pipeline(self, pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
+                       scheduler: Optional[str] = None, guidance_scale: float = 1.0, bf16: bool = False,
+                       class_label: Optional[int] = None, progress: bool = False) -> dict:
+        """Sample ``num_images`` (per-image seeds, see :mod:`cogdiff.sampling`) and score them.
+
+        ``scheduler`` (e.g. ``"dpm++"``) replaces the pipeline's scheduler for this call only. Under
+        torch.distributed every process samples its share of the batches; call it on all processes.
+        """
+        from tqdm.auto import tqdm
+
+        from ..sampling import batch_ranges, iter_pipeline_batches, with_scheduler
+
+        rank, world = _dist()
+        pipe = with_scheduler(pipeline, scheduler)
+        batches = iter_pipeline_batches(pipe, num_images, batch_size, num_inference_steps, seed, rank=rank, world=world,
+                                        guidance_scale=guidance_scale, bf16=bf16, class_label=class_label)
+        total = len(batch_ranges(num_images, batch_size, rank, world))
+        feats, logits, t_sample, t_incep = [], [], 0.0, 0.0
+        t = time.perf_counter()
+        for _, images in tqdm(batches, total=total, desc="sample+score", disable=not progress):
+            t_sample += time.perf_counter() - t  # to_uint8 already synchronised the device
+            t = time.perf_counter()
+            f, lg = self.features(images)
+            self._sync()
+            feats.append(f)
+            if lg is not None:
+                logits.append(lg)
+            t_incep += time.perf_counter() - t
+            t = time.perf_counter()
+        feats = gather_rows(torch.cat(feats))
+        logits = gather_rows(torch.cat(logits)) if logits else None
+        t = time.perf_counter()
+        out = self.score_features(feats, logits)
+        self.last_timings = {"sampling_s": t_sample, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}
+        return out
+

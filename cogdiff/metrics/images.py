@@ -1,0 +1,111 @@
+"""Image sources for the metrics: a folder of image files, an .npz of uint8 images, or a cogdiff dataset.
+
+Every source yields uint8 NHWC batches (C = 1 or 3) in a fixed order, so its fingerprint is stable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, List, Optional
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+DATASET_PREFIX = "dataset:"
+
+
+def list_image_files(folder: str) -> List[str]:
+    """All image files under ``folder`` (recursively), sorted by relative path."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder!r} does not exist")
+    files = []
+    for root, _, names in os.walk(folder):
+        files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTS)]
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTS)}) under {folder!r}")
+    return sorted(files, key=lambda p: os.path.relpath(p, folder))
+
+
+def read_image(path: str) -> np.ndarray:
+    """One image file -> uint8 HWC; grayscale stays 1 channel, anything else becomes RGB."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB")
+        a = np.asarray(im, dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def load_npz_images(path: str) -> np.ndarray:
+    """uint8 images from an .npz: the key ``images`` (what sample.py writes) or its only array."""
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise ValueError(f"{path} holds {keys}: expected an 'images' array (uint8 NHWC)")
+        images = z[key]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"{path}:{key} is {images.dtype} {images.shape}; expected uint8 (N, H, W[, C])")
+    return images[..., None] if images.ndim == 3 else images
+
+
+def parse_dataset_spec(spec: str) -> dict:
+    """``dataset:kind=cifar10,root=/data/cifar10,split=train`` -> ``{"kind": "cifar10", ...}``."""
+    body = spec[len(DATASET_PREFIX) :]
+    cfg = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"bad dataset spec {spec!r}: use dataset:kind=NAME,key=value,...")
+        cfg[key.strip()] = value.strip()
+    if "kind" not in cfg:
+        raise ValueError(f"dataset spec {spec!r} needs kind=..., e.g. dataset:kind=cifar10,root=PATH")
+    return cfg
+
+
+def _dataset_batches(cfg: dict, batch_size: int) -> Iterator[np.ndarray]:
+    try:
+        from cogdiff.data import build_dataset
+    except ImportError as e:
+        raise RuntimeError(f"dataset sources need cogdiff.data.build_dataset ({e}); pass an image folder or .npz instead") from e
+    import torch
+
+    ds = build_dataset(cfg, "cpu")
+    n = len(ds)
+    for start in range(0, n, batch_size):
+        out = ds.get_batch(torch.arange(start, min(start + batch_size, n)), None)  # no generator: no random flip
+        x = out[0] if isinstance(out, (tuple, list)) else (out["x"] if isinstance(out, dict) else out)
+        x = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)  # [-1, 1] -> uint8
+        yield x.permute(0, 2, 3, 1).numpy()
+
+
+def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """uint8 NHWC batches from a folder, an .npz file or ``dataset:kind=...``."""
+    if source.startswith(DATASET_PREFIX):
+        yield from _dataset_batches(parse_dataset_spec(source), batch_size)
+    elif os.path.isdir(source):
+        files = list_image_files(source)
+        for start in range(0, len(files), batch_size):
+            batch = [read_image(f) for f in files[start : start + batch_size]]
+            shapes = {b.shape for b in batch}
+            if len(shapes) != 1:
+                raise ValueError(f"images under {source!r} differ in size/channels {sorted(shapes)}; resize them to one size first")
+            yield np.stack(batch)
+    elif source.endswith(".npz") and os.path.isfile(source):
+        images = load_npz_images(source)
+        for start in range(0, len(images), batch_size):
+            yield images[start : start + batch_size]
+    else:
+        raise FileNotFoundError(f"image source {source!r} is not a folder, an existing .npz of uint8 images, or dataset:kind=...")
+
+
+def load_source(source: str, limit: Optional[int] = None) -> np.ndarray:
+    """The whole source as one uint8 NHWC array (first ``limit`` images if given)."""
+    out, n = [], 0
+    for batch in iter_source(source):
+        out.append(batch)
+        n += len(batch)
+        if limit is not None and n >= limit:
+            break
+    images = np.concatenate(out)
+    return images[:limit] if limit is not None else images

@@ -1,0 +1,187 @@
+"""Reference statistics: Inception feature mean/covariance of a real image set, cached in one .npz.
+
+File keys (``np.load(allow_pickle=False)`` reads them; ``mu``/``sigma`` are also what pytorch-fid's
+``.npz`` statistics hold, so those files load too, without KID features or fingerprint):
+
+- ``mu`` (D,) float64, ``sigma`` (D, D) float64 (unbiased covariance), ``count`` (number of images)
+- ``fingerprint``: sha256 over the uint8 NHWC pixels in order (see :class:`Fingerprint`)
+- ``extractor_id``: the feature space (weights + preprocessing); features from another one are refused
+- ``kid_features`` (K, D) float16: a fixed random subset (K <= 10,000 by default) of the real features,
+  because KID needs real features, not moments
+- ``source``: free text (where the images came from), ``format_version``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+DEFAULT_KID_FEATURES = 10_000
+UNKNOWN = "unknown"
+
+
+class Fingerprint:
+    """Streaming sha256 of a uint8 image set: the shape of each image plus its NHWC bytes, in order."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+        self.count = 0
+
+    def update(self, images: np.ndarray) -> None:
+        images = np.ascontiguousarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise TypeError(f"fingerprint needs uint8 NHWC batches, got {images.dtype} {images.shape}")
+        self._h.update(repr(images.shape[1:]).encode())
+        self._h.update(images.tobytes())
+        self.count += len(images)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def fingerprint_images(images: np.ndarray, chunk: int = 4096) -> str:
+    fp = Fingerprint()
+    for i in range(0, len(images), chunk):
+        fp.update(images[i : i + chunk])
+    return fp.hexdigest()
+
+
+class FeatureAccumulator:
+    """Running float64 sums of features and their outer products (torchmetrics' FID state), plus a
+    float16 copy of every feature for the KID subset."""
+
+    def __init__(self):
+        self.sum = None
+        self.outer = None
+        self.count = 0
+        self._kept = []
+
+    def update(self, feats: torch.Tensor) -> None:
+        f = feats.detach().double()
+        if self.sum is None:
+            self.sum = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
+            self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+        self.count += len(f)
+        self._kept.append(feats.detach().to("cpu", torch.float16).numpy())
+
+    def finish(self, fingerprint: str, extractor_id: str, source: str, max_kid_features: int = DEFAULT_KID_FEATURES) -> "RefStats":
+        if self.count < 2:
+            raise ValueError(f"reference statistics need at least 2 images, got {self.count}")
+        n = self.count
+        mu = (self.sum / n).cpu().numpy()
+        sigma = ((self.outer - n * torch.outer(self.sum / n, self.sum / n)) / (n - 1)).cpu().numpy()
+        kept = np.concatenate(self._kept)
+        if len(kept) > max_kid_features:
+            pick = np.sort(np.random.default_rng(0).choice(len(kept), max_kid_features, replace=False))
+            kept = kept[pick]
+        return RefStats(mu, sigma, n, fingerprint, extractor_id, kept, source)
+
+
+@dataclass
+class RefStats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int
+    fingerprint: str
+    extractor_id: str
+    kid_features: Optional[np.ndarray] = None
+    source: str = ""
+
+    def save(self, path: str) -> str:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        arrays = dict(
+            mu=self.mu, sigma=self.sigma, count=np.int64(self.count), fingerprint=np.str_(self.fingerprint),
+            extractor_id=np.str_(self.extractor_id), source=np.str_(self.source), format_version=np.int64(FORMAT_VERSION),
+        )
+        if self.kid_features is not None:
+            arrays["kid_features"] = self.kid_features.astype(np.float16)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str, extractor_id: Optional[str] = None, fingerprint: Optional[str] = None) -> "RefStats":
+        """Load and check: ``extractor_id`` (if given) must match the file's; so must ``fingerprint``."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"reference statistics {path!r} not found; build them with: python -m cogdiff.metrics ref SOURCE --out {path}")
+        with np.load(path, allow_pickle=False) as z:
+            if "mu" not in z or "sigma" not in z:
+                raise ValueError(f"{path} has no 'mu'/'sigma' arrays: not reference statistics (build with python -m cogdiff.metrics ref)")
+            get = lambda k, d: z[k].item() if k in z else d  # noqa: E731
+            stats = cls(
+                mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), count=int(get("count", 0)),
+                fingerprint=str(get("fingerprint", UNKNOWN)), extractor_id=str(get("extractor_id", UNKNOWN)),
+                kid_features=z["kid_features"] if "kid_features" in z else None, source=str(get("source", "")),
+            )
+        if stats.mu.ndim != 1 or stats.sigma.shape != (len(stats.mu), len(stats.mu)):
+            raise ValueError(f"{path}: mu {stats.mu.shape} and sigma {stats.sigma.shape} do not fit together")
+        if extractor_id is not None and stats.extractor_id not in (extractor_id, UNKNOWN):
+            raise ValueError(
+                f"{path} was computed with feature extractor {stats.extractor_id!r}, but the evaluator uses "
+                f"{extractor_id!r}; rebuild the statistics with the same weights (python -m cogdiff.metrics ref ...)"
+            )
+        if fingerprint is not None and stats.fingerprint != fingerprint:
+            raise ValueError(
+                f"{path} was built from a different image set (fingerprint {stats.fingerprint[:12]}..., "
+                f"expected {fingerprint[:12]}...); rebuild it (ref ... --force) or point to the right file"
+            )
+        return stats
+
+    def torchmetrics_state(self, device=None) -> dict:
+        """The real-image state of torchmetrics' FrechetInceptionDistance equivalent to these moments.
+        A file without ``count`` (e.g. pytorch-fid's) uses n = 2: FID depends only on mu and sigma."""
+        n = self.count if self.count >= 2 else 2
+        mu = torch.as_tensor(self.mu, dtype=torch.float64, device=device)
+        sigma = torch.as_tensor(self.sigma, dtype=torch.float64, device=device)
+        return dict(
+            real_features_sum=mu * n,
+            real_features_cov_sum=sigma * (n - 1) + n * torch.outer(mu, mu),
+            real_features_num_samples=torch.tensor(n, dtype=torch.long, device=device),
+        )
+
+
+def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = "", max_kid_features: int = DEFAULT_KID_FEATURES) -> RefStats:
+    """Reference statistics of uint8 NHWC batches through ``extractor`` (an :class:`InceptionFeatures`)."""
+    fp, acc = Fingerprint(), FeatureAccumulator()
+    for batch in batches:
+        fp.update(batch)
+        feats, _ = extractor(batch)
+        acc.update(feats)
+    return acc.finish(fp.hexdigest(), extractor.extractor_id, source, max_kid_features)
+
+
+def ensure_ref_stats(path: str, make_batches, extractor, source: str = "", force: bool = False,
+                     max_kid_features: int = DEFAULT_KID_FEATURES) -> RefStats:
+    """Cached reference statistics: reuse ``path`` when it was built from the same images (fingerprint)
+    with the same feature extractor; a different image set is an error unless ``force`` (then rebuild).
+    ``make_batches()`` returns a fresh iterable of uint8 NHWC batches."""
+    if os.path.isfile(path) and not force:
+        fp = Fingerprint()
+        for batch in make_batches():
+            fp.update(batch)
+        return RefStats.load(path, extractor_id=extractor.extractor_id, fingerprint=fp.hexdigest())
+    stats = compute_ref_stats(make_batches(), extractor, source, max_kid_features)
+    stats.save(path)
+    return stats

@@ -1,0 +1,232 @@
+"""Deterministic, resumable batch sampling from a :class:`~cogdiff.UViTPipeline`.
+
+Image ``i`` of a run with seed ``s`` always starts from the same noise and takes the same sampler noise
+(one CPU ``torch.Generator`` per image, seeded from ``(s, i)``), and gets the same class label, whatever
+the batch size, the device, the process split or an interruption in between. Numerics can still
+differ across devices and batch sizes (bf16 in particular).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+# name -> (diffusers class, extra config). "dpm++" is DPM-Solver++(2M), U-ViT's "fast" sampler family.
+SCHEDULERS = {
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 2}),
+    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+PIPELINE_SUBDIR = "pipeline"  # <run>/pipeline/ holds the exported pipeline (training run layout)
+
+
+def make_scheduler(name: str, base_config):
+    """A scheduler ``name`` (see ``SCHEDULERS``) built with ``from_config`` from a pipeline's scheduler config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    cls_name, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **extra)
+
+
+def scheduler_label(pipeline) -> str:
+    """The short name of the pipeline's current scheduler if it is one of ours, else its class name."""
+    cfg = pipeline.scheduler.config
+    for name, (cls_name, extra) in SCHEDULERS.items():
+        if type(pipeline.scheduler).__name__ == cls_name and all(cfg.get(k) == v for k, v in extra.items()):
+            return name
+    return type(pipeline.scheduler).__name__
+
+
+def with_scheduler(pipeline, name: Optional[str]):
+    """The same components with scheduler ``name`` (a new pipeline object), or ``pipeline`` if name is None."""
+    if name is None:
+        return pipeline
+    return type(pipeline)(transformer=pipeline.transformer, scheduler=make_scheduler(name, pipeline.scheduler.config), vae=pipeline.vae)
+
+
+def resolve_pipeline_dir(path: str) -> str:
+    """A pipeline folder (with model_index.json) or a training run folder holding ``pipeline/``."""
+    path = os.fspath(path)
+    for cand in (path, os.path.join(path, PIPELINE_SUBDIR)):
+        if os.path.isfile(os.path.join(cand, "model_index.json")):
+            return cand
+    raise FileNotFoundError(
+        f"{path!r} is neither a pipeline folder (model_index.json) nor a run folder with {PIPELINE_SUBDIR}/; "
+        "export one with UViTPipeline.save_pretrained or let train.py finish"
+    )
+
+
+def load_pipeline(path: str, device=None, scheduler: Optional[str] = None):
+    from .pipelines import UViTPipeline
+
+    pipe = UViTPipeline.from_pretrained(resolve_pipeline_dir(path))
+    pipe = with_scheduler(pipe, scheduler)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for image ``index`` of a run with ``seed`` (SeedSequence: no collisions across runs)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def image_labels(num_classes: int, seed: int, indices: Sequence[int]) -> List[int]:
+    """Per-image class labels, uniform over the classes, from ``(seed, index, 1)``."""
+    return [int(np.random.default_rng([seed, i, 1]).integers(num_classes)) for i in indices]
+
+
+def batch_ranges(num_images: int, batch_size: int, rank: int = 0, world: int = 1) -> List[Tuple[int, int]]:
+    """``[start, end)`` ranges of ``batch_size``; batch b belongs to process ``b % world``."""
+    if num_images < 1 or batch_size < 1:
+        raise ValueError(f"num_images and batch_size must be >= 1, got {num_images}, {batch_size}")
+    ranges = [(s, min(s + batch_size, num_images)) for s in range(0, num_images, batch_size)]
+    return ranges[rank::world]
+
+
+@contextlib.contextmanager
+def bf16_autocast(pipeline, enabled: bool):
+    """Run the denoiser under bf16 autocast (fp32 weights) and hand fp32 outputs to the scheduler, so the
+    sampler's state never drops to bf16 (several diffusers schedulers cast to the model output's dtype)."""
+    if not enabled:
+        yield
+        return
+    device_type = pipeline._execution_device.type
+
+    def to_fp32(module, args, output):
+        if hasattr(output, "sample"):
+            output.sample = output.sample.float()
+            return output
+        return (output[0].float(), *output[1:])
+
+    handle = pipeline.transformer.register_forward_hook(to_fp32)
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        handle.remove()
+
+
+def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, seed: int = 0, guidance_scale: float = 1.0,
+                 bf16: bool = False, class_label: Optional[int] = None) -> np.ndarray:
+    """Images ``indices`` of the run ``seed`` as uint8 NHWC (see the module docstring)."""
+    from .pipelines import to_uint8
+
+    generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+    num_classes = pipeline.transformer.config.num_classes
+    labels = None
+    if num_classes is not None:
+        labels = [class_label] * len(indices) if class_label is not None else image_labels(num_classes, seed, indices)
+    elif class_label is not None:
+        raise ValueError("--class-label given but the model is unconditional")
+    with bf16_autocast(pipeline, bf16):
+        images = pipeline(batch_size=len(indices), num_inference_steps=num_inference_steps, generator=generators,
+                          class_labels=labels, guidance_scale=guidance_scale, output_type="pt").images
+    return to_uint8(images)
+
+
+# ------------------------------------------------------------------------------ resumable runs
+
+
+def _atomic_savez(path: str, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _atomic_png(path: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path + ".tmp"
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def part_path(out_dir: str, start: int, end: int) -> str:
+    return os.path.join(out_dir, "parts", f"part_{start:08d}_{end:08d}.npz")
+
+
+def check_settings(out_dir: str, settings: dict) -> None:
+    """Write ``settings.json`` on first use; on resume, refuse different settings."""
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out or delete it")
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
+                  guidance_scale: float = 1.0, bf16: bool = False, class_label: Optional[int] = None, png: bool = False,
+                  rank: int = 0, world: int = 1, settings: Optional[dict] = None, progress: bool = True) -> List[str]:
+    """Sample this process's batches into ``out_dir/parts/`` (one atomic .npz per batch; finished parts
+    are skipped, so a rerun resumes) and, with ``png``, ``out_dir/png/{index:06d}.png``. Returns the part paths."""
+    from tqdm.auto import tqdm
+
+    os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
+    if png:
+        os.makedirs(os.path.join(out_dir, "png"), exist_ok=True)
+    if settings is not None and rank == 0:
+        check_settings(out_dir, settings)
+    pipeline.set_progress_bar_config(disable=True)
+    done = []
+    todo = batch_ranges(num_images, batch_size, rank, world)
+    for start, end in tqdm(todo, desc=f"sampling (rank {rank})", disable=not progress):
+        path = part_path(out_dir, start, end)
+        if not os.path.isfile(path):
+            images = sample_batch(pipeline, range(start, end), num_inference_steps, seed, guidance_scale, bf16, class_label)
+            if png:
+                for i, image in zip(range(start, end), images):
+                    _atomic_png(os.path.join(out_dir, "png", f"{i:06d}.png"), image)
+            _atomic_savez(path, images=images)  # written last: a part marks its PNGs as complete too
+        done.append(path)
+    return done
+
+
+def merge_parts(out_dir: str, num_images: int, batch_size: int, name: str = "images.npz") -> str:
+    """Concatenate all parts (all processes) into ``out_dir/images.npz`` (key ``images``, uint8 NHWC)."""
+    chunks = []
+    for start, end in batch_ranges(num_images, batch_size):
+        path = part_path(out_dir, start, end)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"part {path} is missing: rerun the same sample.py command to finish the run")
+        with np.load(path) as z:
+            chunks.append(z["images"])
+    out = os.path.join(out_dir, name)
+    _atomic_savez(out, images=np.concatenate(chunks))
+    return out
+
+
+def iter_pipeline_batches(pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
+                          rank: int = 0, world: int = 1, **kwargs) -> Iterator[Tuple[int, np.ndarray]]:
+    """(start index, uint8 NHWC batch) for this process's batches, sampled in memory."""
+    pipeline.set_progress_bar_config(disable=True)
+    for start, end in batch_ranges(num_images, batch_size, rank, world):
+        yield start, sample_batch(pipeline, range(start, end), num_inference_steps, seed, **kwargs)
