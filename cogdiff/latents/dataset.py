@@ -59,8 +59,11 @@ class LatentData:
                 raise ValueError(f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: re-extract it")
             self._shards.append(arr)
         self._resident = None
-        if keep_on_device:
-            self._resident = torch.cat([torch.from_numpy(np.array(a)) for a in self._shards]).to(self.device)
+        if keep_on_device:  # filled shard by shard: host memory peaks at one shard, not the whole set
+            dtype = getattr(torch, np.dtype(store.STORE_DTYPE).name)
+            self._resident = torch.empty((self.num_examples, 2, 2, *self.shape), dtype=dtype, device=self.device)
+            for start, arr in zip(self._starts.tolist(), self._shards):
+                self._resident[start : start + len(arr)] = torch.from_numpy(np.array(arr)).to(self.device)
             self.labels = self.labels.to(self.device)
 
     def __len__(self) -> int:
