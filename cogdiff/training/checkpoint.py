@@ -1,0 +1,176 @@
+"""Checkpoints that are also pipelines, written atomically.
+
+``<output_dir>/checkpoints/step_0001000/`` is a complete ``UViTPipeline`` folder whose ``transformer/``
+holds the EMA weights (default file) and the raw weights (``variant="raw"``), plus
+``training_state.pt`` (optimizer, LR schedule, grad scaler, EMA update count, step) and one
+``rng_state_<rank>.pt`` per process. Both ``.pt`` files load with ``torch.load(weights_only=True)``.
+A checkpoint is built under ``.tmp_step_*`` and renamed into place, so a crash mid-write leaves
+the previous checkpoints untouched and no half-written ``step_*`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+STEP_DIR = "step_{:07d}"
+STEP_RE = re.compile(r"^step_(\d+)$")
+TMP_PREFIX = ".tmp_"
+TRAINING_STATE = "training_state.pt"
+RNG_STATE = "rng_state_{}.pt"
+RAW_VARIANT = "raw"  # raw (non-EMA) weights: transformer/diffusion_pytorch_model.raw.safetensors
+
+
+def write_pipeline(directory: Path, ema_model, raw_model, scheduler, vae=None) -> None:
+    """Save a ``UViTPipeline`` (EMA weights) and add the raw weights as the ``raw`` variant."""
+    from ..pipelines import UViTPipeline
+
+    UViTPipeline(transformer=ema_model, scheduler=scheduler, vae=vae).save_pretrained(directory)
+    raw_model.save_pretrained(Path(directory) / "transformer", variant=RAW_VARIANT)
+
+
+def list_checkpoints(root: Path) -> List[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and (p / TRAINING_STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def step_of(checkpoint: Path) -> int:
+    m = STEP_RE.match(Path(checkpoint).name)
+    if not m:
+        raise ValueError(f"{checkpoint} is not a checkpoint folder (expected a name like step_0001000)")
+    return int(m.group(1))
+
+
+def capture_rng() -> dict:
+    """Global RNG states of this process (python, numpy, torch, CUDA), as weights-only-loadable types."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(directory: Path) -> None:
+    for dirpath, _, filenames in os.walk(directory):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a folder, renaming it to a temporary name first so it never looks like a checkpoint."""
+    doomed = path.with_name(f"{TMP_PREFIX}del_{path.name}_{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def save_checkpoint(accelerator, root: Path, step: int, write_main: Callable[[Path], None], keep_last: int) -> Path:
+    """Write checkpoint ``step`` atomically. Every process saves its RNG state; the main process calls
+    ``write_main(tmp_dir)`` for the rest, renames the folder into place and prunes to ``keep_last``."""
+    final = root / STEP_DIR.format(step)
+    tmp = root / f"{TMP_PREFIX}{final.name}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(capture_rng(), tmp / RNG_STATE.format(accelerator.process_index))
+    if accelerator.is_main_process:
+        write_main(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        if final.exists():
+            _remove_dir(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)  # make the rename itself durable
+        if keep_last > 0:
+            for old in list_checkpoints(root)[:-keep_last]:
+                _remove_dir(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def clean_stale(root: Path) -> None:
+    """Remove temporary folders a killed run left behind (never a complete checkpoint)."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_resume(resume: Optional[str], root: Path) -> Optional[Path]:
+    """``None`` -> None; ``"latest"`` -> newest complete checkpoint under ``root`` (None if there is none);
+    otherwise the given folder, which must be a complete checkpoint."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / TRAINING_STATE).is_file():
+        raise FileNotFoundError(f"train.resume={resume}: not a complete checkpoint (no {TRAINING_STATE}); "
+                                f"use train.resume=latest or a folder like {root / STEP_DIR.format(1000)}")
+    return path
+
+
+def load_weights(checkpoint: Path, model: torch.nn.Module, raw: bool) -> None:
+    """Copy the checkpoint's raw (``raw=True``) or EMA weights into ``model`` (strict)."""
+    from ..models import UViTModel
+
+    saved = UViTModel.from_pretrained(Path(checkpoint) / "transformer", variant=RAW_VARIANT if raw else None)
+    model.load_state_dict(saved.state_dict())
+
+
+def load_training_state(checkpoint: Path, rank: int) -> tuple:
+    """(training_state dict, this process's RNG state or None if the checkpoint had fewer processes)."""
+    state = torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)
+    rng_path = Path(checkpoint) / RNG_STATE.format(rank)
+    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
+    return state, rng
+
+
+def export_pipeline(checkpoint: Path, out_dir: Path) -> Path:
+    """Copy a checkpoint's pipeline files (no training state) to ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(TRAINING_STATE, "rng_state_*.pt"))
+    _fsync_tree(tmp)
+    if out_dir.exists():
+        _remove_dir(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
