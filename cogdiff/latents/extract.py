@@ -147,7 +147,7 @@ def extract_latents(
     """
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")
+    state = PartialState()
     dev = torch.device(device) if device else state.device
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
