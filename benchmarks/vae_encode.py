@@ -105,15 +105,18 @@ def main():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
     workers = os.cpu_count() or 1
     lines = [f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {workers} CPUs, {platform.python_version()}", ""]
-    lines += ["| VAE encode (SD-VAE arch, 256², image + mirror per call) | images/s | examples/s | peak GiB |", "|---|---|---|---|"]
+    lines += ["| VAE encode (SD-VAE arch, 256², image + mirror per call) | images/s | examples/s | peak GiB |",
+              "|---|---|---|---|"]
     for prec in ("fp32", "bf16"):
         ips, eps, mem = bench_vae(a.vae_batch, prec, a.vae_iters)
-        lines.append(f"| {prec}, {a.vae_batch} examples = {2 * a.vae_batch} images per call | {ips:.0f} | {eps:.0f} | {mem:.1f} |")
+        per_call = f"{a.vae_batch} examples = {2 * a.vae_batch} images per call"
+        lines.append(f"| {prec}, {per_call} | {ips:.0f} | {eps:.0f} | {mem:.1f} |")
         print(lines[-1], flush=True)
     dec = bench_decode(a.jpegs, workers)
     lines += ["", f"JPEG decode + ADM crop to 256 (500x375 noise JPEGs, {workers} DataLoader workers): {dec:.0f} images/s", ""]
     print(lines[-2], flush=True)
-    lines += [f"| U-ViT-L/2 train step, 4x32x32 latents, batch {a.uvit_batch}, bf16 autocast, AdamW | ms/step | images/s | peak GiB | params |",
+    head = f"U-ViT-L/2 train step, 4x32x32 latents, batch {a.uvit_batch}, bf16 autocast, AdamW"
+    lines += [f"| {head} | ms/step | images/s | peak GiB | params |",
               "|---|---|---|---|---|"]
     runs = [("softmax", "auto")] + [("cog", i) for i in available_cog_impls()]  # reference first, then kernels
     for kind, impl in runs:

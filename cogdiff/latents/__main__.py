@@ -55,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             m = read_manifest(args.root)
             if m is None:
                 raise FileNotFoundError(f"no manifest.json in {args.root!r}: run `python -m cogdiff.latents extract` first")
-            keys = ("num_examples", "shape", "image_size", "num_classes", "scaling_factor", "shift_factor", "vae_path", "complete")
+            keys = ("num_examples", "shape", "image_size", "num_classes", "scaling_factor", "shift_factor", "vae_path",
+                    "complete")
             print(json.dumps({k: m[k] for k in keys} | {"shards": len(m["shards"])}, indent=1))
     except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -31,9 +31,13 @@ class LatentData:
                  random_flip: bool = True):
         manifest = store.read_manifest(root)
         if manifest is None:
-            raise FileNotFoundError(f"no {store.MANIFEST} in {root!r}: create it with `python -m cogdiff.latents extract --out {root} ...`")
+            raise FileNotFoundError(
+                f"no {store.MANIFEST} in {root!r}: create it with `python -m cogdiff.latents extract --out {root} ...`"
+            )
         if not manifest["complete"]:
-            raise ValueError(f"latent set {root!r} is incomplete: run the same `python -m cogdiff.latents extract` command again to finish it")
+            raise ValueError(
+                f"latent set {root!r} is incomplete: run the same `python -m cogdiff.latents extract` command again to finish it"
+            )
         self.root, self.manifest = root, manifest
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.num_examples = int(manifest["num_examples"])
@@ -48,7 +52,9 @@ class LatentData:
 
         labels = np.load(os.path.join(root, manifest["labels_file"]))
         if labels.shape != (self.num_examples,):
-            raise ValueError(f"{root}/{manifest['labels_file']} has shape {labels.shape}, expected ({self.num_examples},): re-extract")
+            raise ValueError(
+                f"{root}/{manifest['labels_file']} has shape {labels.shape}, expected ({self.num_examples},): re-extract"
+            )
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self._starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
         self._shards = []
@@ -56,7 +62,9 @@ class LatentData:
             arr = np.load(os.path.join(root, s["file"]), mmap_mode="r")
             expected = (s["count"], 2, 2, *self.shape)
             if arr.shape != expected or arr.dtype != np.dtype(manifest["dtype"]):
-                raise ValueError(f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: re-extract it")
+                raise ValueError(
+                    f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: re-extract it"
+                )
             self._shards.append(arr)
         self._resident = None
         if keep_on_device:  # filled shard by shard: host memory peaks at one shard, not the whole set

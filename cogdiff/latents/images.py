@@ -35,7 +35,8 @@ def scan_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
         files.extend(f"{name}/{n}" for n in names)
         labels.extend([label] * len(names))
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}/<class>/{hint}: expected <root>/<wnid>/*.JPEG")
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        raise ValueError(f"no images ({exts}) under {root!r}/<class>/{hint}: expected <root>/<wnid>/*.JPEG")
     return files, labels, classes
 
 

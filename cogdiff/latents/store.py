@@ -95,7 +95,8 @@ def read_manifest(root: str) -> Optional[Dict[str, Any]]:
         manifest = json.load(f)
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise ValueError(
-            f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest: point to a directory made by `python -m cogdiff.latents extract`"
+            f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest: "
+            "point to a directory made by `python -m cogdiff.latents extract`"
         )
     return manifest
 
