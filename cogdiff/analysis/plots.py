@@ -17,7 +17,7 @@ from matplotlib.patches import Rectangle
 
 from .measures import NegativeStatsTable
 
-DEFAULT_DPI = 72
+DEFAULT_DPI = 60
 
 
 def new_figure(width: float, height: float) -> Figure:
