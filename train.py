@@ -206,16 +206,15 @@ def train(cfg: Config) -> Path:
         start = state["step"]
 
     # --- run directory, logging, sampling and FID hooks (main process)
-    log = fid = pipeline = None
+    log = None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml())
         clean_stale(ckpt_root)
         log = RunLog(out, start)
-        pipeline = UViTPipeline(transformer=ema.model, scheduler=sample_scheduler, vae=vae)
-        pipeline.set_progress_bar_config(disable=True)
-        if tc.fid_every > 0:
-            fid = make_fid_evaluator(cfg, device)
+    pipeline = UViTPipeline(transformer=ema.model, scheduler=sample_scheduler, vae=vae)
+    pipeline.set_progress_bar_config(disable=True)
+    fid = make_fid_evaluator(cfg, device) if tc.fid_every > 0 else None  # every process scores its share
     can_sample = vae is not None or cfg.data.kind != "latents"
     if not can_sample:
         accelerator.print("note: latent data without a VAE (model.vae): no sample grids or FID")
@@ -290,16 +289,17 @@ def train(cfg: Config) -> Path:
             window, t_last, step_last, paused = [], now, done, 0.0
 
         t_pause = time.perf_counter()
-        if is_main and (do_sample or do_fid):
+        if do_sample and is_main:
             with accelerator.autocast():
-                if do_sample:
-                    log.grid(sample_images(pipeline, cfg, num_classes), done)
-                if do_fid:
-                    result = fid.score_pipeline(pipeline, num_images=tc.fid_num_images, batch_size=cfg.sample.batch_size,
-                                                num_inference_steps=cfg.sample.num_inference_steps, seed=cfg.sample.seed)
-                    log.fid({"step": done, **{k: result[k] for k in ("fid", "kid_mean", "kid_std", "num_images")},
-                             "num_inference_steps": cfg.sample.num_inference_steps, "scheduler": cfg.sample.scheduler,
-                             "ema": True})
+                log.grid(sample_images(pipeline, cfg, num_classes), done)
+        if do_fid:
+            result = fid.score_pipeline(pipeline, num_images=tc.fid_num_images, batch_size=cfg.sample.batch_size,
+                                        num_inference_steps=cfg.sample.num_inference_steps, seed=cfg.sample.seed,
+                                        guidance_scale=cfg.sample.guidance_scale, bf16=tc.mixed_precision == "bf16")
+            if is_main:
+                log.fid({"step": done, **{k: result[k] for k in ("fid", "kid_mean", "kid_std", "num_images")},
+                         "num_inference_steps": cfg.sample.num_inference_steps, "scheduler": cfg.sample.scheduler,
+                         "ema": True})
         if do_sample or do_fid:
             accelerator.wait_for_everyone()
         if do_ckpt:

@@ -24,12 +24,13 @@ import yaml
 
 from .data import DATA_KINDS
 from .models.uvit import UViTModel
-from .training.diffusion import SAMPLE_SCHEDULERS
+from .sampling import SCHEDULERS
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-SAMPLE_SCHEDULER_NAMES = tuple(SAMPLE_SCHEDULERS)
+SAMPLE_SCHEDULER_NAMES = tuple(SCHEDULERS)
+SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpmsolver": "dpm", "euler_ancestral": "euler_a"}  # diffusers-style names
 MODEL_EXTRA_KEYS = ("preset", "vae")  # model-section keys that are not UViTModel arguments
 
 
@@ -92,7 +93,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    scheduler: str = "dpmsolver++"  # for grids, FID and the exported pipeline; one of SAMPLE_SCHEDULER_NAMES
+    scheduler: str = "dpm++"  # grids, FID and the exported pipeline; a name in cogdiff.sampling.SCHEDULERS
     num_inference_steps: int = 50
     guidance_scale: float = 1.0  # eps_u + w (eps_c - eps_u); 1 = no guidance
     grid_size: int = 64  # images in each preview grid
@@ -163,6 +164,8 @@ class Config:
         if key not in hints:
             raise ConfigError(f"unknown key {dotted}; valid {section} keys: {', '.join(hints)}")
         value = _convert(value, hints[key], dotted, from_string)
+        if (section, key) == ("sample", "scheduler"):
+            value = SCHEDULER_ALIASES.get(value, value)
         choices = CHOICES.get((section, key))
         if choices is not None and value not in choices:
             raise ConfigError(f"{dotted} must be one of {', '.join(choices)}; got {value!r}")

@@ -87,7 +87,10 @@ def build_dataset(cfg, device="cpu") -> TrainData:
             raise DataError("data.path is not set: point it at a latent folder written by the latent extraction command")
         from .latents import LatentData  # lazy: only latent runs need it
 
-        return LatentData(root=cfg.path, device=device, keep_on_device=cfg.keep_on_device)
+        try:
+            return LatentData(root=cfg.path, device=device, keep_on_device=cfg.keep_on_device, random_flip=cfg.random_flip)
+        except (FileNotFoundError, ValueError) as e:  # missing or malformed latent folder: one line
+            raise DataError(str(e)) from None
     loaders = {"cifar10": load_cifar10, "imagefolder": load_imagefolder, "fashion_mnist": load_fashion_mnist,
                "synthetic": make_synthetic}
     if cfg.kind not in loaders:
@@ -244,8 +247,8 @@ def _atomic_savez(path: Path, **arrays) -> None:
 
 
 def make_synthetic(cfg):
-    """Four classes of coloured shapes on dark backgrounds: horizontal bar, vertical bar, square, disc."""
-    n = cfg.limit or SYNTHETIC_DEFAULTS["num_examples"]
+    """512 images in four classes of coloured shapes on dark backgrounds: horizontal bar, vertical bar, square, disc."""
+    n = SYNTHETIC_DEFAULTS["num_examples"]
     r = cfg.resolution or SYNTHETIC_DEFAULTS["resolution"]
     rng = np.random.default_rng(0 if cfg.split == "train" else 1)
     labels = rng.integers(0, 4, n)

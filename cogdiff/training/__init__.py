@@ -25,7 +25,7 @@ from .checkpoint import (
     save_checkpoint,
     write_pipeline,
 )
-from .diffusion import SAMPLE_SCHEDULERS, derive_seed, diffusion_loss, drop_labels, make_noise_scheduler, make_sample_scheduler
+from .diffusion import derive_seed, diffusion_loss, drop_labels, make_noise_scheduler, make_sample_scheduler
 from .ema import EMA
 from .runlog import RunLog, gpu_memory_gb
 
@@ -34,7 +34,6 @@ __all__ = [
     "EMA",
     "RAW_VARIANT",
     "RunLog",
-    "SAMPLE_SCHEDULERS",
     "derive_seed",
     "diffusion_loss",
     "drop_labels",

@@ -1,4 +1,4 @@
-"""The diffusion pieces of training: noise schedule, sampling schedulers, loss, per-step seeds."""
+"""The diffusion pieces of training: noise schedule, sampling scheduler, loss, per-step seeds."""
 
 from __future__ import annotations
 
@@ -7,25 +7,9 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDPMScheduler
 
-# name -> (diffusers class, extra config); every sampler shares the training betas via from_config.
-SAMPLE_SCHEDULERS = {
-    "ddpm": (DDPMScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "dpmsolver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver"}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
+from ..sampling import SCHEDULERS, make_scheduler
 
 
 def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
@@ -42,11 +26,8 @@ def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
 
 
 def make_sample_scheduler(name: str, noise_scheduler: DDPMScheduler):
-    """A sampling scheduler (``"dpmsolver++"``, ``"ddim"``, ...) on the same betas and prediction type."""
-    if name not in SAMPLE_SCHEDULERS:
-        raise ValueError(f"unknown sample scheduler {name!r}; use one of {', '.join(SAMPLE_SCHEDULERS)}")
-    cls, extra = SAMPLE_SCHEDULERS[name]
-    return cls.from_config(noise_scheduler.config, **extra)
+    """A sampling scheduler (a name in ``cogdiff.sampling.SCHEDULERS``, e.g. ``"dpm++"``) on the training betas."""
+    return make_scheduler(name, noise_scheduler.config)
 
 
 def derive_seed(*keys: int) -> int:
