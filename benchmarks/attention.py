@@ -4,8 +4,9 @@
     python benchmarks/attention.py --check        # + accuracy table vs a float64 reference
     python benchmarks/attention.py --tune         # + block-size sweep for the fused kernels
 
-Times are medians of ``triton.testing.do_bench`` (CUDA events), bf16 inputs; "fwd+bwd" runs the
-forward and ``out.backward(dO)`` with gradients for q, k, v. Peak memory is
+bf16 inputs in (B, L, H, D) memory viewed as (B, H, L, D) (what a qkv projection yields; ``--layout
+bhld`` for contiguous). Times: median over 7 batches of back-to-back calls timed with CUDA events;
+"fwd+bwd" = forward + ``torch.autograd.grad(out, (q, k, v), dO)``. Peak memory:
 ``torch.cuda.max_memory_allocated`` over one fwd+bwd, inputs and dO included.
 """
 
@@ -33,9 +34,9 @@ def header() -> str:
     import triton
 
     try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "cogdiff/kernels", "benchmarks"]) != 0
-        commit += " (+local changes)" if dirty else ""
+        commit = os.environ.get("BENCH_COMMIT") or subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL
+        ).strip()
     except Exception:
         commit = "unknown"
     return (
@@ -61,33 +62,62 @@ IMPLS = {
 }
 
 
-def make_inputs(b, h, l, d, dtype=torch.bfloat16, grad=True):
-    q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(3))
-    return q, k, v, torch.randn(b, h, l, d, device="cuda", dtype=dtype)
+def make_inputs(b, h, l, d, dtype=torch.bfloat16, grad=True, layout="blhd"):
+    """q, k, v leaves (and dO) of shape (B, H, L, D); "blhd" = (B, L, H, D) memory as a qkv projection
+    gives it (U-ViT, diffusers), "bhld" = contiguous (B, H, L, D)."""
+
+    def t():
+        if layout == "blhd":
+            x = torch.randn(b, l, h, d, device="cuda", dtype=dtype).transpose(1, 2)
+        else:
+            x = torch.randn(b, h, l, d, device="cuda", dtype=dtype)
+        return x.requires_grad_(grad)
+
+    return t(), t(), t(), t().detach()
 
 
-def bench(fn, q, k, v, do, backward: bool) -> float:
-    import triton
+def _fwd_bwd(fn, q, k, v, do):
+    # autograd.grad: the op's own backward, no AccumulateGrad layout copies into .grad
+    return torch.autograd.grad(fn(q, k, v), (q, k, v), do)
 
-    if backward:
-        def step():
-            fn(q, k, v).backward(do)
-    else:
-        def step():
+
+def bench(fn, q, k, v, do, backward: bool, target_ms: float = 25.0, reps: int = 7) -> float:
+    """Median ms per call over ``reps`` timed batches of back-to-back calls (CUDA events), so host
+    overhead overlaps with device work as in a training loop."""
+
+    def once():
+        if backward:
+            _fwd_bwd(fn, q, k, v, do)
+        else:
             with torch.no_grad():
                 fn(q, k, v)
-    return triton.testing.do_bench(step, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
+
+    for _ in range(3):
+        once()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    once()
+    e1.record()
+    torch.cuda.synchronize()
+    n = max(1, int(target_ms / max(e0.elapsed_time(e1), 1e-3)))
+    times = []
+    for _ in range(reps):
+        e0.record()
+        for _ in range(n):
+            once()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1) / n)
+    return sorted(times)[len(times) // 2]
 
 
 def peak_gb(fn, q, k, v, do) -> float:
     torch.cuda.synchronize()
-    for x in (q, k, v):
-        x.grad = None
     torch.cuda.reset_peak_memory_stats()
-    fn(q, k, v).backward(do)
+    grads = _fwd_bwd(fn, q, k, v, do)
     torch.cuda.synchronize()
-    for x in (q, k, v):
-        x.grad = None
+    del grads
     return torch.cuda.max_memory_allocated() / 1e9
 
 
@@ -95,11 +125,11 @@ def ref_bytes(b, h, l, d) -> int:
     return 6 * b * h * l * l * 4  # ~ fp32 (L x L) tensors alive in the written-out fwd+bwd
 
 
-def speed_table(skip_compiled: bool, out_json: list) -> str:
-    rows = ["| B,H,L,D | impl | fwd ms | fwd+bwd ms | peak GB | fwd+bwd / SDPA | peak / SDPA |", "|---|---|---|---|---|---|---|"]
+def speed_table(skip_compiled: bool, out_json: list, layout: str) -> str:
+    rows = [f"layout {layout}", "", "| B,H,L,D | impl | fwd ms | fwd+bwd ms | peak GB | fwd+bwd / SDPA | peak / SDPA |", "|---|---|---|---|---|---|---|"]
     free = torch.cuda.mem_get_info()[0]
     for shape in SHAPES:
-        q, k, v, do = make_inputs(*shape)
+        q, k, v, do = make_inputs(*shape, layout=layout)
         base = None
         for name, fn in IMPLS.items():
             if skip_compiled and "compiled" in name:
@@ -242,6 +272,7 @@ def main():
     p.add_argument("--tune", action="store_true", help="sweep kernel block sizes first (uses the best found)")
     p.add_argument("--tune-shapes", default="0", help="indices into SHAPES to tune on, comma separated")
     p.add_argument("--no-compiled", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--layout", default="blhd", choices=["blhd", "bhld"], help="memory layout of q, k, v (see make_inputs)")
     p.add_argument("--out", default=None, help="directory for json/markdown output")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -255,7 +286,7 @@ def main():
         parts["configs"] = {"/".join(map(str, k)): v for k, v in ct.CONFIGS.items()}
         parts["bwd_mode"] = dict(ct.BWD_MODE)
     rows = []
-    parts["speed"] = speed_table(args.no_compiled, rows)
+    parts["speed"] = speed_table(args.no_compiled, rows, args.layout)
     print("\n" + parts.get("check", "") + "\n\n" + parts["speed"], flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

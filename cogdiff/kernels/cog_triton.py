@@ -34,14 +34,17 @@ MAX_HEAD_DIM = 128
 # (kernel, BLOCK_D, "short" | "long") -> (BLOCK_M, BLOCK_N, num_warps, num_stages); "long" when
 # the longer sequence exceeds 512 tokens. "fwd": query x key tile; "dq": query rows x key tile;
 # "dkdv": query tile x key rows.
+# Tuned on an H200 at D=64 (benchmarks/attention.py --tune; L=258 "short", 1026/4096 "long");
+# D=128 is untuned (same tiles, 8 warps in the backward).
 _DEFAULT = {
-    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3)},
+    "fwd": {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3)},
     "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
     "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
 }
 CONFIGS: Dict[Tuple[str, int, str], Tuple[int, int, int, int]] = {
     (kind, bd, bucket): cfg for kind, by_d in _DEFAULT.items() for bd, cfg in by_d.items() for bucket in ("short", "long")
 }
+CONFIGS[("dkdv", 64, "long")] = (64, 64, 4, 3)
 
 
 # "short" | "long" -> how dq is computed in the backward (see cog_bwd).
