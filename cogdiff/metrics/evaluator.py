@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .images import iter_source
 from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
-from .stats import RefStats
+from .stats import RefStats, frechet_distance, psd_sqrt
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -36,6 +36,17 @@ class _Precomputed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def _fid_moments(fid) -> tuple:
+    """(mu_real, cov_real, mu_fake, cov_fake) from torchmetrics' FID state (its own formulas)."""
+    out = []
+    for kind in ("real", "fake"):
+        n = getattr(fid, f"{kind}_features_num_samples")
+        mu = getattr(fid, f"{kind}_features_sum") / n
+        cov = (getattr(fid, f"{kind}_features_cov_sum") - n * torch.outer(mu, mu)) / (n - 1)
+        out += [mu, cov]
+    return tuple(out)
 
 
 def _dist() -> tuple:
@@ -85,6 +96,7 @@ class FIDEvaluator:
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.last_timings: dict = {}
         self.last_kid_subset_size: Optional[int] = None
+        self._sqrt_sigma: Optional[torch.Tensor] = None
 
     # ----------------------------------------------------------------------------- features
 
@@ -116,17 +128,19 @@ class FIDEvaluator:
         for name, value in self.ref.torchmetrics_state(self.device).items():
             setattr(fid, name, value)
         fid.update(feats.to(self.device), real=False)
-        out = {"fid": float(fid.compute()), "kid_mean": None, "kid_std": None, "num_images": n}
+        value = frechet_distance(*_fid_moments(fid), x2=feats.to(self.device), sqrt_sigma1=self._sqrt_ref_sigma(n))
+        out = {"fid": value, "kid_mean": None, "kid_std": None, "num_images": n}
 
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             torch.manual_seed(METRIC_SEED)
             if self.ref.kid_features is not None:
-                real = torch.from_numpy(self.ref.kid_features.astype(np.float32))
+                real = torch.from_numpy(self.ref.kid_features.astype(np.float32)).to(self.device)
                 size = min(self.kid_subset_size, n, len(real))
                 kid = KernelInceptionDistance(feature=_Precomputed(NUM_FEATURES), subsets=self.kid_subsets, subset_size=size,
-                                              sync_on_compute=False)
+                                              sync_on_compute=False).to(self.device)
                 kid.update(real, real=True)
-                kid.update(feats.float().cpu(), real=False)
+                kid.update(feats.float().to(self.device), real=False)
                 kid_mean, kid_std = kid.compute()
                 out.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
                 self.last_kid_subset_size = size
@@ -135,6 +149,14 @@ class FIDEvaluator:
             if logits is not None:
                 out.update(self._inception_score(logits))
         return out
+
+    def _sqrt_ref_sigma(self, n: int) -> Optional[torch.Tensor]:
+        """sqrt(reference covariance), computed once per evaluator, only when n > feature dim needs it."""
+        if n <= NUM_FEATURES:
+            return None
+        if self._sqrt_sigma is None:
+            self._sqrt_sigma = psd_sqrt(torch.as_tensor(self.ref.sigma, device=self.device))
+        return self._sqrt_sigma
 
     def _inception_score(self, logits: torch.Tensor) -> dict:
         from torchmetrics.image.inception import InceptionScore

@@ -28,17 +28,21 @@ UNKNOWN = "unknown"
 
 
 class Fingerprint:
-    """Streaming sha256 of a uint8 image set: the shape of each image plus its NHWC bytes, in order."""
+    """Streaming sha256 of a uint8 image set: its NHWC bytes in order, plus the image shape wherever it
+    changes (so the digest does not depend on how the set is split into batches)."""
 
     def __init__(self):
         self._h = hashlib.sha256()
+        self._shape = None
         self.count = 0
 
     def update(self, images: np.ndarray) -> None:
         images = np.ascontiguousarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise TypeError(f"fingerprint needs uint8 NHWC batches, got {images.dtype} {images.shape}")
-        self._h.update(repr(images.shape[1:]).encode())
+        if images.shape[1:] != self._shape:
+            self._shape = images.shape[1:]
+            self._h.update(f"shape{self._shape}".encode())
         self._h.update(images.tobytes())
         self.count += len(images)
 
@@ -160,6 +164,34 @@ class RefStats:
             real_features_cov_sum=sigma * (n - 1) + n * torch.outer(mu, mu),
             real_features_num_samples=torch.tensor(n, dtype=torch.long, device=device),
         )
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
+                     x2: Optional[torch.Tensor] = None, sqrt_sigma1: Optional[torch.Tensor] = None) -> float:
+    """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2), exactly, with symmetric
+    eigendecompositions instead of the general ``eigvals(sigma1 @ sigma2)`` that torchmetrics uses (same
+    value; about a minute for 2048 dims on a small CPU, where eigh takes seconds).
+
+    tr sqrt(sigma1 sigma2) = sum sqrt(eig(A)) for A = sqrt(sigma1) sigma2 sqrt(sigma1) (symmetric PSD). When the
+    n rows ``x2`` behind ``sigma2`` are given and n <= dim, A's nonzero eigenvalues are those of the n x n
+    matrix Xc sigma1 Xc^T / (n - 1) (Xc = x2 - mu2), so no dim x dim decomposition is needed.
+    """
+    mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
+    if x2 is not None and len(x2) <= len(mu1):
+        xc = x2.double().to(mu2.device) - mu2
+        a = xc @ sigma1 @ xc.T / (len(x2) - 1)
+    else:
+        if sqrt_sigma1 is None:
+            sqrt_sigma1 = psd_sqrt(sigma1)
+        a = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    eig = torch.linalg.eigvalsh((a + a.T) / 2).clamp_min(0)
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * eig.sqrt().sum())
+
+
+def psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix (negative rounding noise clipped to 0)."""
+    w, v = torch.linalg.eigh(sigma.double())
+    return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
 def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = "", max_kid_features: int = DEFAULT_KID_FEATURES) -> RefStats:

