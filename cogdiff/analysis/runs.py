@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -68,3 +71,29 @@ def load_run(path, name: Optional[str] = None) -> Run:
 def load_runs(paths: Dict[str, str]) -> Dict[str, Run]:
     """``{label: run folder}`` -> ``{label: Run}``."""
     return {label: load_run(p, label) for label, p in paths.items()}
+
+
+def repo_root() -> Path:
+    """The source checkout holding ``train.py`` and ``configs/`` (cogdiff installed editable)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "train.py").is_file():
+        raise FileNotFoundError(f"train.py not found in {root}: run from a source checkout (pip install -e .)")
+    return root
+
+
+def run_train_script(config: str, output_dir, overrides: Sequence[str] = (), threads: Optional[int] = 1) -> str:
+    """Run ``python train.py --config <config> train.output_dir=<output_dir> <overrides>`` from the
+    checkout (``config`` relative to it, e.g. ``configs/tiny.yaml``) in a subprocess and return the
+    run folder. ``threads`` sets OMP_NUM_THREADS for it (None: inherit; 1 is the robust choice on a
+    small shared CPU). Raises RuntimeError with the end of the script's output if it fails."""
+    root = repo_root()
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, str(root / "train.py"), "--config", str(root / config),
+           f"train.output_dir={os.fspath(output_dir)}", *overrides]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise RuntimeError(f"train.py failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return os.fspath(output_dir)
