@@ -52,6 +52,36 @@ def sdpa_flash(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+def _sdpa_with(backend):
+    def fn(q, k, v):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if backend is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel([getattr(SDPBackend, backend)]):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return fn
+
+
+def sdpa_backends_table() -> str:
+    """Softmax baselines: SDPA's default choice vs each backend, both layouts, fwd+bwd ms."""
+    rows = ["| B,H,L,D | layout | SDPA default | FLASH | CUDNN | EFFICIENT | Cog fused |", "|---|---|---|---|---|---|---|"]
+    fns = [_sdpa_with(None), _sdpa_with("FLASH_ATTENTION"), _sdpa_with("CUDNN_ATTENTION"), _sdpa_with("EFFICIENT_ATTENTION"), IMPLS["Cog fused (Triton)"]]
+    for shape in (SHAPES[0], SHAPES[3]):
+        for layout in ("blhd", "bhld"):
+            q, k, v, do = make_inputs(*shape, layout=layout)
+            cells = []
+            for fn in fns:
+                try:
+                    cells.append(f"{bench(fn, q, k, v, do, True):.3f}")
+                except RuntimeError as e:
+                    cells.append(f"n/a ({type(e).__name__})")
+            rows.append(f"| {shape} | {layout} | " + " | ".join(cells) + " |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
 _compiled_ref = torch.compile(cog_attention_reference, dynamic=False)
 
 IMPLS = {
@@ -273,6 +303,8 @@ def main():
     p.add_argument("--tune-shapes", default="0", help="indices into SHAPES to tune on, comma separated")
     p.add_argument("--no-compiled", action="store_true", help="skip the torch.compile'd reference")
     p.add_argument("--layout", default="blhd", choices=["blhd", "bhld"], help="memory layout of q, k, v (see make_inputs)")
+    p.add_argument("--sdpa-backends", action="store_true", help="also compare SDPA's softmax backends")
+    p.add_argument("--only-sdpa-backends", action="store_true", help="stop after that comparison")
     p.add_argument("--out", default=None, help="directory for json/markdown output")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -285,6 +317,10 @@ def main():
         parts["tune"] = tune([SHAPES[int(i)] for i in args.tune_shapes.split(",")])
         parts["configs"] = {"/".join(map(str, k)): v for k, v in ct.CONFIGS.items()}
         parts["bwd_mode"] = dict(ct.BWD_MODE)
+    if args.sdpa_backends:
+        parts["sdpa_backends"] = sdpa_backends_table()
+        if args.only_sdpa_backends:
+            return
     rows = []
     parts["speed"] = speed_table(args.no_compiled, rows, args.layout)
     print("\n" + parts.get("check", "") + "\n\n" + parts["speed"], flush=True)
