@@ -6,7 +6,7 @@
 Every model samples the same N images with the same per-image seeds and sampler and is scored against
 the same reference statistics. Writes OUT/compare.json (numbers + protocol: sampler, steps, N, seeds,
 commit, device, versions, reference fingerprint), OUT/compare.md, OUT/grid.png (one row per model,
-same seeds per column) and, for run folders with fid.jsonl, OUT/fid_vs_step.png. Prints the table.
+same seeds per column; the raw images in OUT/grid_images.npz) and, for run folders with fid.jsonl, OUT/fid_vs_step.png. Prints the table.
 """
 
 from __future__ import annotations
@@ -78,12 +78,15 @@ def table_markdown(rows: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_grid(rows: Dict[str, np.ndarray], path: str, pad: int = 2, label_w: int = 80) -> str:
-    """One row per model (uint8 NHWC, same seeds per column), model name on the left; written atomically."""
+def save_grid(rows: Dict[str, np.ndarray], path: str, pad: int = 2, label_w: int = 80, min_cell: int = 64) -> str:
+    """One row per model (uint8 NHWC, same seeds per column), model name on the left; small images are
+    enlarged (nearest neighbour) to at least ``min_cell`` pixels. Written atomically."""
     from PIL import Image, ImageDraw
 
     n = min(len(v) for v in rows.values())
     h, w = next(iter(rows.values())).shape[1:3]
+    scale = max(1, min_cell // h)
+    h, w = h * scale, w * scale
     canvas = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, images) in enumerate(rows.items()):
@@ -92,6 +95,7 @@ def save_grid(rows: Dict[str, np.ndarray], path: str, pad: int = 2, label_w: int
         for c in range(n):
             im = images[c]
             im = np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
+            im = np.repeat(np.repeat(im, scale, axis=0), scale, axis=1)
             canvas.paste(Image.fromarray(im), (label_w + pad + c * (w + pad), y))
     tmp = path + ".tmp"
     canvas.save(tmp, format="PNG")
@@ -124,7 +128,7 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
 
     from .analysis.runs import read_jsonl
     from .metrics import FIDEvaluator
-    from .sampling import PIPELINE_SUBDIR, load_pipeline, sample_batch
+    from .sampling import PIPELINE_SUBDIR, atomic_savez, load_pipeline, sample_batch
 
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models, got {len(models)}")
@@ -167,7 +171,8 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
           f"{'bf16' if bf16 else 'fp32'})\n\nReference: `{ref}` ({ev.ref.count} images, fingerprint {ev.ref.fingerprint[:16]}); "
           f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(rows))
     files = dict(json=os.path.join(out, "compare.json"), markdown=os.path.join(out, "compare.md"),
-                 grid=save_grid(grids, os.path.join(out, "grid.png")))
+                 grid=save_grid(grids, os.path.join(out, "grid.png")), grid_images=os.path.join(out, "grid_images.npz"))
+    atomic_savez(files["grid_images"], **grids)
     plot = plot_fid_vs_step(curves, os.path.join(out, "fid_vs_step.png")) if curves else None
     if plot:
         files["fid_vs_step"] = plot

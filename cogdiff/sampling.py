@@ -142,7 +142,7 @@ def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, see
 # ------------------------------------------------------------------------------ resumable runs
 
 
-def _atomic_savez(path: str, **arrays) -> None:
+def atomic_savez(path: str, **arrays) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -204,7 +204,7 @@ def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_
             if png:
                 for i, image in zip(range(start, end), images):
                     _atomic_png(os.path.join(out_dir, "png", f"{i:06d}.png"), image)
-            _atomic_savez(path, images=images)  # written last: a part marks its PNGs as complete too
+            atomic_savez(path, images=images)  # written last: a part marks its PNGs as complete too
         done.append(path)
     return done
 
@@ -219,7 +219,7 @@ def merge_parts(out_dir: str, num_images: int, batch_size: int, name: str = "ima
         with np.load(path) as z:
             chunks.append(z["images"])
     out = os.path.join(out_dir, name)
-    _atomic_savez(out, images=np.concatenate(chunks))
+    atomic_savez(out, images=np.concatenate(chunks))
     return out
 
 

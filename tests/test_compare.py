@@ -1,0 +1,76 @@
+"""python -m cogdiff.compare on two tiny pipelines (softmax, Cog): table, JSON, grid, FID-vs-step plot."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from cogdiff import UViTModel, UViTPipeline
+from cogdiff.compare import main as compare_main
+from cogdiff.metrics import InceptionFeatures, RefStats, compute_ref_stats
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    runs = {}
+    for i, att in enumerate(["softmax", "cog"]):
+        torch.manual_seed(i)
+        model = UViTModel(sample_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, attention_type=att)
+        run = root / f"run_{att}"
+        UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(run / "pipeline"))
+        runs[att] = str(run)
+    # TEST FIXTURE: a fabricated fid.jsonl (made-up numbers) for the softmax run only, as the plot's input.
+    with open(os.path.join(runs["softmax"], "fid.jsonl"), "w") as f:
+        for step, fid in [(100, 300.0), (200, 250.0), (300, 240.0)]:
+            f.write(json.dumps({"step": step, "fid": fid, "kid_mean": fid / 1000, "num_images": 8}) + "\n")
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    ref = compute_ref_stats([images], InceptionFeatures(device="cpu"), source="random").save(str(root / "ref.npz"))
+    return root, runs, ref
+
+
+def test_compare_writes_table_json_grid_and_plot(setup, capsys):
+    root, runs, ref = setup
+    out = root / "out"
+    argv = [runs["softmax"], os.path.join(runs["cog"], "pipeline"), "--ref", ref, "--out", str(out), "-n", str(N),
+            "--steps", "2", "--batch-size", "4", "--labels", "softmax,cog", "--device", "cpu", "--grid-images", "3", "--no-progress"]
+    assert compare_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| softmax | softmax |" in printed and "| cog | cog |" in printed
+
+    record = json.loads((out / "compare.json").read_text())
+    p = record["protocol"]
+    assert (p["sampler"], p["steps"], p["num_images"], p["seed"]) == ("dpm++", 2, N, 0)
+    assert p["ref_fingerprint"] == RefStats.load(ref).fingerprint and p["feature_extractor"].startswith("inception-2015-12-05")
+    assert record["commit"] and record["device"].startswith("cpu") and record["versions"]["diffusers"]
+    assert record["command"].startswith("python -m cogdiff.compare")
+    res = {r["model"]: r for r in record["results"]}
+    assert res["softmax"]["attention"] == "softmax" and res["cog"]["attention"] == "cog"
+    assert res["cog"]["attention_types"] == ["softmax", "cog", "softmax"]
+    for r in res.values():
+        assert r["num_images"] == N and r["fid"] > 0 and r["kid_mean"] is not None and "inception_score" not in r
+    assert res["softmax"]["fid"] != res["cog"]["fid"]  # different models, same seeds: different images
+    assert res["softmax"]["last_logged_fid"]["step"] == 300 and res["cog"]["last_logged_fid"] is None
+
+    md = (out / "compare.md").read_text()
+    assert "dpm++" in md and f"{res['cog']['fid']:.3f}" in md
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (80 + 3 * (64 + 2) + 2, 2 * (64 + 2) + 2)  # 8x8 images enlarged 8x, 2 rows x 3 seeds
+    cell = np.asarray(grid)[2 : 2 + 64, 82 : 82 + 64]  # softmax, image 0
+    assert np.array_equal(cell[::8, ::8], np.load(out / "grid_images.npz")["softmax"][0])
+    assert os.path.getsize(out / "fid_vs_step.png") > 1000
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_compare_refuses_one_model_and_bad_labels(setup, capsys):
+    root, runs, ref = setup
+    assert compare_main([runs["cog"], "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
+    assert "two or more" in capsys.readouterr().err
+    assert compare_main([runs["cog"], runs["softmax"], "--labels", "a,a", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
+    assert "distinct" in capsys.readouterr().err
