@@ -63,19 +63,36 @@ def parse_dataset_spec(spec: str) -> dict:
     return cfg
 
 
-def _dataset_batches(cfg: dict, batch_size: int) -> Iterator[np.ndarray]:
-    try:
-        from cogdiff.data import build_dataset
-    except ImportError as e:
-        raise RuntimeError(f"dataset sources need cogdiff.data.build_dataset ({e}); pass an image folder or .npz instead") from e
+def _spec_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of ``cogdiff.data.build_dataset`` (a :class:`cogdiff.config.DataConfig` from ``spec``), in
+    index order, without random flips; x in [-1, 1] -> uint8 by rounding."""
+    import dataclasses
+
     import torch
 
+    from ..config import DataConfig
+    from ..data import build_dataset
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ValueError(f"unknown dataset keys {unknown}; valid: {sorted(fields)}")
+    cfg = DataConfig(**{k: _spec_value(v) for k, v in spec.items()})
+    cfg.random_flip, cfg.keep_on_device = False, False  # reference statistics: the images as stored
     ds = build_dataset(cfg, "cpu")
-    n = len(ds)
+    n = ds.num_examples
     for start in range(0, n, batch_size):
-        out = ds.get_batch(torch.arange(start, min(start + batch_size, n)), None)  # no generator: no random flip
-        x = out[0] if isinstance(out, (tuple, list)) else (out["x"] if isinstance(out, dict) else out)
-        x = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)  # [-1, 1] -> uint8
+        x, _ = ds.get_batch(torch.arange(start, min(start + batch_size, n)), None)
+        x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         yield x.permute(0, 2, 3, 1).numpy()
 
 

@@ -1,0 +1,129 @@
+"""Time sampling N CIFAR-10-sized images from U-ViT-S/2 and scoring them (FID/KID) against cached statistics.
+
+    COGDIFF_FID_WEIGHTS=/path/default_1.pt python benchmarks/sample_and_score.py \\
+        --ref /tmp/ref_cifar10_test.npz --ref-source /tmp/cifar10/test -n 10000 --batch-size 2000 --bf16 \\
+        --out benchmarks/results/sample_and_score_h200.md
+
+The model is randomly initialised (uvit("S/2"), 44.3M parameters; weights do not change the cost), so
+the FID it prints measures nothing. Reference statistics are built from ``--ref-source`` first if
+``--ref`` does not exist (timed apart: they are a one-off cache). A short warm-up (one batch of 8, two
+steps, and the Inception network) runs first and is reported apart from the timed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref", required=True, help="reference statistics (.npz); built from --ref-source if missing")
+    ap.add_argument("--ref-source", default=None, help="image folder / .npz / dataset:... for building --ref")
+    ap.add_argument("-n", "--num-images", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--scheduler", default="dpm++")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--preset", default="S/2", help="uvit preset (S/2 = U-ViT-S/2)")
+    ap.add_argument("--attention", default="softmax", choices=["softmax", "cog"])
+    ap.add_argument("--inception-batch-size", type=int, default=500)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=None, help="write the Markdown table here (atomically)")
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--commit", default=None, help="commit to record where the copy has no .git (default: git rev-parse)")
+    args = ap.parse_args(argv)
+
+    import diffusers
+    import torch
+    import torchmetrics
+    from diffusers import DDPMScheduler
+
+    from cogdiff import UViTPipeline, uvit
+    from cogdiff.compare import device_name, git_commit
+    from cogdiff.metrics import FIDEvaluator, InceptionFeatures
+    from cogdiff.metrics.images import iter_source
+    from cogdiff.metrics.stats import ensure_ref_stats
+    from cogdiff.sampling import sample_batch, with_scheduler
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t_ref = None
+    if not os.path.isfile(args.ref):
+        if not args.ref_source:
+            print(f"error: {args.ref} does not exist; pass --ref-source to build it", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        extractor = InceptionFeatures(device=device)
+        ensure_ref_stats(args.ref, lambda: iter_source(args.ref_source, args.inception_batch_size), extractor, source=args.ref_source)
+        t_ref = time.perf_counter() - t0
+        del extractor
+
+    torch.manual_seed(0)
+    model = uvit(args.preset, attention_type=args.attention).to(device).eval()
+    pipe = with_scheduler(UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")), args.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    t0 = time.perf_counter()
+    ev = FIDEvaluator(args.ref, device=device, inception_batch_size=args.inception_batch_size)
+    sample_batch(pipe, range(8), 2, seed=123, bf16=args.bf16)
+    ev.features(torch.zeros(8, 32, 32, 3, dtype=torch.uint8))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_warm = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = ev.score_pipeline(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16)
+    total = time.perf_counter() - t0
+    tm = ev.last_timings
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    record = dict(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler,
+                  bf16=args.bf16, model=f"uvit('{args.preset}', attention_type='{args.attention}') random init",
+                  sampling_s=tm["sampling_s"], inception_s=tm["inception_s"], metrics_s=tm["metrics_s"], total_s=total,
+                  warmup_s=t_warm, ref_build_s=t_ref, images_per_s=args.num_images / total, peak_gpu_mem_gib=peak,
+                  scores=scores, ref_count=ev.ref.count, ref_source=ev.ref.source, ref_fingerprint=ev.ref.fingerprint,
+                  device=device_name(device), commit=args.commit or git_commit(), torch=torch.__version__, diffusers=diffusers.__version__,
+                  torchmetrics=torchmetrics.__version__, command="python benchmarks/sample_and_score.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    f = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    md = "\n".join([
+        f"# Sample + score benchmark: {args.num_images} images, {record['model']}",
+        "",
+        f"{args.scheduler} {args.steps} steps, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch_size}; "
+        f"Inception fp32 (TF32 off), batch {args.inception_batch_size}; {record['device']}; torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}; commit {record['commit']}.",
+        f"Reference statistics: {ev.ref.count} images from `{ev.ref.source}` (fingerprint {ev.ref.fingerprint[:16]}), cached.",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        f"| sampling ({args.num_images} images) | {f(tm['sampling_s'])} |",
+        f"| Inception features | {f(tm['inception_s'])} |",
+        f"| FID + KID from features | {f(tm['metrics_s'])} |",
+        f"| **total (timed run)** | **{f(total)}** |",
+        f"| one-off warm-up (not in total) | {f(t_warm)} |",
+        f"| one-off reference statistics build (not in total) | {f(t_ref)} |",
+        "",
+        f"Throughput {args.num_images / total:.1f} images/s; peak GPU memory {f(peak)} GiB. "
+        f"FID {scores['fid']:.1f}, KID {scores['kid_mean']:.4f} (random weights: meaningless, shown only as a check that scoring ran).",
+        "",
+        "Command:",
+        "",
+        f"    {record['command']}",
+        "",
+    ])
+    print(md)
+    for path, text in ((args.out, md), (args.json, json.dumps(record, indent=2) + "\n")):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
