@@ -11,7 +11,6 @@ GPU kernel plugs in with :func:`register_cog_impl` without import-time global sw
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Dict, Optional
 
@@ -52,10 +51,17 @@ def available_cog_impls() -> list:
     return ["reference", *[n for n in _COG_IMPLS if n != "reference"]]
 
 
-@functools.lru_cache(maxsize=None)
+_optional_impls_loaded = False
+
+
 def _load_optional_impls() -> None:
     """Import optional kernels once, on first use (never at package import), so a missing Triton or
-    GPU never breaks the pure-PyTorch path. The kernel module registers itself via register_cog_impl."""
+    GPU never breaks the pure-PyTorch path. The kernel module registers itself via register_cog_impl.
+    (A plain flag rather than functools.lru_cache, which torch.compile warns about when tracing.)"""
+    global _optional_impls_loaded
+    if _optional_impls_loaded:
+        return
+    _optional_impls_loaded = True
     try:
         from .kernels import cog_triton  # noqa: F401
     except ImportError:  # Triton absent: the reference path remains
