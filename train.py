@@ -9,9 +9,11 @@
 
 The loop: x0 from the data, t ~ U{0..T-1}, noise ~ N(0, I), x_t = DDPMScheduler.add_noise(x0, noise, t),
 loss = MSE(model(x_t, t, y), noise) (or the velocity for v-prediction); AdamW with linear warm-up then a
-constant LR; EMA of the weights after every optimizer step. All randomness of step s on process r comes
-from a generator seeded by (seed, s, r) and the data order from a per-epoch seeded permutation, so a run
-resumed from a checkpoint repeats exactly what an uninterrupted run would have done. The run directory
+constant LR; EMA of the weights after every optimizer step. The randomness of micro-batch slot k of step s
+(timesteps, noise, flips, label dropout) comes from a generator seeded by (seed, s, k) and the data order
+from a per-epoch seeded permutation, so a run resumed from a checkpoint repeats exactly what an
+uninterrupted run would have done, and the split over processes x accumulation steps does not change
+which examples and noise a step uses. The run directory
 layout is described in ``cogdiff/training/__init__.py``.
 """
 
@@ -52,7 +54,7 @@ from cogdiff.training import (
 )
 from cogdiff.training.checkpoint import TRAINING_STATE, clean_stale, restore_rng
 
-STEP_STREAM = 2  # seed stream of the per-step generator (timesteps, noise, flips, label dropout)
+STEP_STREAM = 2  # seed stream of the per-micro-batch generators (timesteps, noise, flips, label dropout)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,11 +239,11 @@ def train(cfg: Config) -> Path:
     t_last, step_last, paused = time.perf_counter(), start, 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not is_main, desc=cfg.name, dynamic_ncols=True)
     for step in range(start, tc.steps):
-        gen = torch.Generator(device).manual_seed(derive_seed(tc.seed, STEP_STREAM, step, rank))
         model.train()
         step_loss = 0.0
-        for micro in range(tc.grad_accum):
-            x0, y = data.get_batch(plan.indices(step, micro, rank), gen)  # (b, C, H, W) in model space
+        for micro, slot in enumerate(plan.slots(rank)):
+            gen = torch.Generator(device).manual_seed(derive_seed(tc.seed, STEP_STREAM, step, slot))
+            x0, y = data.get_batch(plan.indices(step, slot), gen)  # (b, C, H, W) in model space
             y = drop_labels(y, tc.p_uncond, num_classes, gen) if num_classes is not None else None
             last = micro == tc.grad_accum - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):

@@ -22,6 +22,7 @@ class BatchPlan:
             raise ValueError(f"the dataset has {num_examples} examples, fewer than train.batch_size={batch_size}; "
                              f"lower train.batch_size or use more data")
         self.num_examples, self.batch_size, self.world, self.seed = num_examples, batch_size, world, seed
+        self.grad_accum = grad_accum
         self.micro = batch_size // (world * grad_accum)
         self.steps_per_epoch = num_examples // batch_size
         self._epoch, self._perm = -1, None
@@ -32,8 +33,14 @@ class BatchPlan:
             self._epoch, self._perm = epoch, torch.randperm(self.num_examples, generator=g)
         return self._perm
 
-    def indices(self, step: int, micro_index: int, rank: int) -> torch.Tensor:
-        """Example indices (LongTensor of length ``micro``) for one micro-batch of one process."""
+    def slots(self, rank: int) -> list:
+        """This process's micro-batch slots in each global batch (slot = micro_index * world + rank). A slot
+        fixes the examples and, in train.py, the noise: 1 process x 2 accumulation steps and 2 processes
+        x 1 step compute the same micro-batches."""
+        return [m * self.world + rank for m in range(self.grad_accum)]
+
+    def indices(self, step: int, slot: int) -> torch.Tensor:
+        """Example indices (LongTensor of length ``micro``) of micro-batch ``slot`` at ``step``."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        start = pos * self.batch_size + (micro_index * self.world + rank) * self.micro
+        start = pos * self.batch_size + slot * self.micro
         return self.permutation(epoch)[start : start + self.micro]

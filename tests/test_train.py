@@ -1,0 +1,221 @@
+"""train.py end to end on CPU: the tiny config learns, the run directory, EMA export, NaN stop, FID hook."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cogdiff.config import ConfigError, load_config
+from cogdiff.data import FASHION_MNIST_DIR
+from cogdiff.pipelines import UViTPipeline
+from cogdiff.training import EMA, BatchPlan, diffusion_loss, list_checkpoints, make_noise_scheduler
+from cogdiff.training.checkpoint import step_of
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = ROOT / "configs" / "tiny.yaml"
+# A smaller model on generated 16x16 shapes, for tests of the machinery rather than of learning.
+MICRO = ["data.kind=synthetic", "data.resolution=16", "model.patch_size=4", "model.embed_dim=32", "model.depth=2",
+         "model.num_heads=2", "train.batch_size=16", "optim.warmup_steps=5", "sample.num_inference_steps=2",
+         "sample.grid_size=4", "train.sample_every=0", "train.log_every=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two OpenMP threads run several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def train_mod():
+    spec = importlib.util.spec_from_file_location("cogdiff_train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def micro_cfg(out, *extra):
+    return load_config(TINY_YAML, [*MICRO, f"train.output_dir={out}", *extra])
+
+
+def rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- the tiny config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(one_thread, train_mod, tmp_path_factory):
+    """The shipped tiny model for 150 steps at batch 16 (Fashion-MNIST when installed, else generated shapes)."""
+    out = tmp_path_factory.mktemp("tiny")
+    extra = [] if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file() else ["data.kind=synthetic", "data.resolution=16"]
+    cfg = load_config(TINY_YAML, [*extra, "train.steps=150", "train.batch_size=16", "optim.warmup_steps=20",
+                                  "train.log_every=25", "train.checkpoint_every=50", "train.sample_every=75",
+                                  "sample.num_inference_steps=10", f"train.output_dir={out}"])
+    train_mod.train(cfg)
+    return out, cfg
+
+
+def test_tiny_config_lowers_the_loss(tiny_run):
+    out, cfg = tiny_run
+    m = rows(out / "metrics.jsonl")
+    assert [r["step"] for r in m] == [25, 50, 75, 100, 125, 150]
+    assert set(m[0]) == {"step", "loss", "lr", "grad_norm", "images_per_s"}  # + gpu_mem_gb on CUDA
+    assert m[-1]["loss"] < 0.7 * m[0]["loss"], [r["loss"] for r in m]
+    assert m[-1]["lr"] == pytest.approx(cfg.optim.lr)
+    assert all(np.isfinite(r["grad_norm"]) and r["images_per_s"] > 0 for r in m)
+
+
+def test_run_directory_layout(tiny_run):
+    out, cfg = tiny_run
+    assert load_config(out / "config.yaml").to_dict() == cfg.to_dict()  # resolved: sample_size etc. filled in
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000100", "step_0000150"]  # keep_last 2
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    grids = sorted(p.name for p in (out / "samples").iterdir())
+    assert grids == ["step_0000075.png", "step_0000150.png"]
+    side = 6 * (cfg.model["sample_size"] + 1) + 1  # 36 images, 6 x 6, 1-pixel padding
+    assert Image.open(out / "samples" / grids[0]).size == (side, side)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_exported_pipeline_has_ema_and_raw_weights(tiny_run):
+    out, cfg = tiny_run
+    ema_pipe = UViTPipeline.from_pretrained(out / "pipeline")
+    raw_pipe = UViTPipeline.from_pretrained(out / "pipeline", variant="raw")
+    ema_sd, raw_sd = ema_pipe.transformer.state_dict(), raw_pipe.transformer.state_dict()
+    ckpt = out / "checkpoints" / "step_0000150" / "transformer"
+    assert all(torch.equal(raw_sd[k], v) for k, v in load_file(ckpt / "diffusion_pytorch_model.raw.safetensors").items())
+    assert all(torch.equal(ema_sd[k], v) for k, v in load_file(ckpt / "diffusion_pytorch_model.safetensors").items())
+    assert any(not torch.equal(ema_sd[k], raw_sd[k]) for k in ema_sd)  # the EMA really differs from the weights
+    assert not (out / "pipeline" / "training_state.pt").exists()
+    assert type(ema_pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    images = ema_pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, cfg.model["sample_size"], cfg.model["sample_size"], cfg.model["in_channels"])
+
+
+# ------------------------------------------------------------------------------ the pieces
+
+
+def test_diffusion_loss_targets():
+    sched = make_noise_scheduler(load_config(TINY_YAML).diffusion)
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    abar = sched.alphas_cumprod
+
+    def oracle(kind):  # recovers the exact target from x_t, knowing x0
+        def model(x_t, t, class_labels=None):
+            a = abar[t].view(-1, 1, 1, 1)
+            noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            out = noise if kind == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+            return type("Out", (), {"sample": out})
+        return model
+
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert diffusion_loss(oracle("epsilon"), sched, x0, None, gen()) < 1e-8
+    assert diffusion_loss(oracle("v_prediction"), sched, x0, None, gen()) > 1e-2  # wrong target for epsilon
+    sched_v = make_noise_scheduler(load_config(TINY_YAML, ["diffusion.prediction_type=v_prediction"]).diffusion)
+    assert diffusion_loss(oracle("v_prediction"), sched_v, x0, None, gen()) < 1e-8
+
+
+def test_ema_update_and_warmup():
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    w0 = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, 0.9 * w0 + 0.1 * model.weight)
+    warm = EMA(model, decay=0.999, warmup=True)
+    decays = []
+    for _ in range(3):
+        decays.append(warm.current_decay())
+        warm.update(model)
+    assert decays == pytest.approx([0.1, 2 / 11, 3 / 12])
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_batch_plan_partitions_each_global_batch():
+    plan = BatchPlan(num_examples=50, batch_size=12, world=2, grad_accum=3, seed=0)
+    assert plan.micro == 2 and plan.steps_per_epoch == 4
+    seen = []
+    assert plan.slots(0) == [0, 2, 4] and plan.slots(1) == [1, 3, 5]
+    for step in range(4):
+        batch = torch.cat([plan.indices(step, k) for r in range(2) for k in plan.slots(r)])
+        assert len(batch) == 12 and len(set(batch.tolist())) == 12
+        seen += batch.tolist()
+    assert len(set(seen)) == 48  # one epoch: no example twice
+    assert not torch.equal(plan.indices(4, 0), plan.indices(0, 0))  # the next epoch reshuffles
+    with pytest.raises(ValueError, match="divisible"):
+        BatchPlan(50, 10, world=4, grad_accum=1, seed=0)
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        BatchPlan(8, 16, world=1, grad_accum=1, seed=0)
+
+
+# --------------------------------------------------------------------------- failure paths
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(train_mod, tmp_path, monkeypatch):
+    real, calls = train_mod.diffusion_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
+    cfg = micro_cfg(tmp_path, "train.steps=12", "train.checkpoint_every=5", "train.log_every=100")
+    with pytest.raises(FloatingPointError, match="loss is nan at step 7; stopped"):
+        train_mod.train(cfg)
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    assert [step_of(p) for p in ckpts] == [5] and not (tmp_path / "pipeline").exists()
+    pipe = UViTPipeline.from_pretrained(ckpts[0], variant="raw")
+    assert all(torch.isfinite(p).all() for p in pipe.transformer.parameters())
+
+
+def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
+    import cogdiff.metrics
+
+    calls = []
+
+    class FakeEvaluator:  # stands in for the Inception-based evaluator; samples through the given pipeline
+        def __init__(self, ref_stats, device=None, weights=None):
+            calls.append(("init", ref_stats, weights))
+
+        def score_pipeline(self, pipeline, num_images, batch_size, num_inference_steps, seed=0, **kw):
+            img = pipeline(batch_size=2, num_inference_steps=num_inference_steps, class_labels=[0, 3], output_type="pt").images
+            calls.append(("score", num_images, batch_size, num_inference_steps, pipeline.transformer.training, tuple(img.shape)))
+            return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "num_images": num_images}
+
+    monkeypatch.setattr(cogdiff.metrics, "FIDEvaluator", FakeEvaluator)
+    cfg = micro_cfg(tmp_path, "model.num_classes=4", "train.grad_accum=2", "train.steps=6", "train.fid_every=3",
+                    "train.fid_ref=ref.npz", "train.fid_num_images=8", "sample.batch_size=4", "sample.guidance_scale=1.5",
+                    "train.checkpoint_every=100")
+    train_mod.train(cfg)
+    assert calls[0] == ("init", "ref.npz", None)
+    assert calls[1] == ("score", 8, 4, 2, False, (2, 3, 16, 16))  # the EMA copy (eval mode) is sampled
+    fid = rows(tmp_path / "fid.jsonl")
+    assert [r["step"] for r in fid] == [3, 6] and fid[0]["fid"] == 12.0
+    assert fid[0] == {"step": 3, "fid": 12.0, "kid_mean": 0.5, "kid_std": 0.1, "num_images": 8, "num_inference_steps": 2,
+                      "scheduler": "dpm++", "ema": True}
+    assert UViTPipeline.from_pretrained(tmp_path / "pipeline").transformer.config.num_classes == 4
+    with pytest.raises(ConfigError, match="train.fid_ref"):
+        train_mod.train(micro_cfg(tmp_path / "nofid", "train.steps=2", "train.fid_every=1"))
+
+
+def test_resume_guards(train_mod, tmp_path):
+    train_mod.train(micro_cfg(tmp_path, "train.steps=2", "train.checkpoint_every=1"))
+    with pytest.raises(ConfigError, match="already has checkpoints: continue with train.resume=latest"):
+        train_mod.train(micro_cfg(tmp_path, "train.steps=4"))
+    with pytest.raises(ConfigError, match=r"cannot resume: model settings \['embed_dim'\] differ"):
+        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "model.embed_dim=64"))
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        train_mod.train(micro_cfg(tmp_path, "train.steps=4", f"train.resume={tmp_path}"))
+    with pytest.raises(ConfigError, match="model.num_classes=3 but the data has 4 classes"):
+        train_mod.train(micro_cfg(tmp_path / "other", "model.num_classes=3"))
