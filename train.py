@@ -191,7 +191,7 @@ def train(cfg: Config) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the LR schedule is stepped by hand, once per step
-    raw = accelerator.unwrap_model(model)
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # the UViTModel itself (also under compile)
 
     start = 0
     if resume_from is not None:

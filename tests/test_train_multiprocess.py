@@ -1,4 +1,4 @@
-"""``accelerate launch`` with 2 CPU processes (gloo): DDP, the data split and gradient accumulation.
+"""Runs in subprocesses: ``accelerate launch`` with 2 CPU processes (gloo) and bf16 autocast.
 
 Two processes x 1 micro-batch and one process x 2 accumulated micro-batches use the same examples and
 noise (slot-seeded), so they must reach the same weights up to float summation order.
@@ -58,3 +58,19 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
     # and training did move the weights (the comparison is not between two untouched initialisations)
     first = load_file(two / "checkpoints" / "step_0000003" / "transformer" / "diffusion_pytorch_model.raw.safetensors")
     assert max((a[k] - first[k]).abs().max().item() for k in a) > 1e-3
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    """mixed_precision=bf16 goes through accelerate's autocast (a separate process: accelerate's state is global)."""
+    base = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"), *MICRO, "train.steps=2",
+            "train.checkpoint_every=2"]
+    procs = [subprocess.Popen([*base, *extra, f"train.output_dir={tmp_path / name}"], cwd=tmp_path, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for name, extra in (("bf16", ["train.mixed_precision=bf16"]), ("fp32", []))]  # side by side
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-4000:]
+    loss = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["loss"]  # noqa: E731
+    a, b = loss(tmp_path / "bf16"), loss(tmp_path / "fp32")
+    assert a == pytest.approx(b, rel=2e-2) and a != b  # close, but computed in bf16
+    assert raw_weights(tmp_path / "bf16")["pos_embed"].dtype == torch.float32  # weights stay fp32
