@@ -137,11 +137,16 @@ def test_negative_stats_reference_numbers():
     assert st["neg_share"].item() == pytest.approx(3 / 6)
     assert st["mean_abs_neg"].item() == pytest.approx((0.3 + 0.1 + 0.4) / 3)
     assert st["neg_mass"].item() == pytest.approx((0.3 + 0.5) / 2)
+    assert st["sign_mixing"].item() == pytest.approx((2 * 0.3 + 2 * 0.5) / 2)
     # two heads: a softmax-like head has no negatives -> share 0, mean |neg| NaN
     w2 = torch.cat([w, w.abs()], dim=1)
     st2 = negative_stats(w2)
     assert st2["neg_share"].tolist() == pytest.approx([0.5, 0.0])
     assert math.isnan(st2["mean_abs_neg"][1].item())
+    assert st2["sign_mixing"][1].item() == 0.0
+    # an all-negative head (a softmax head with negated values) has neg mass 1 but no mixing
+    st_neg = negative_stats(-w.abs())
+    assert st_neg["neg_mass"].item() == pytest.approx(1.0) and st_neg["sign_mixing"].item() == pytest.approx(0.0)
     # restricting to keys 1: drops the first column
     st3 = negative_stats(w, key_slice=slice(1, None))
     assert st3["neg_share"].item() == pytest.approx(2 / 4)
@@ -155,6 +160,7 @@ def test_negative_stats_table_from_capture():
         pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
     tab = negative_stats_table(cap)
     assert tab.neg_share.shape == (3, 3) and tab.per_head["neg_share"].shape == (3, 3, 2)
+    assert tab.sign_mixing.shape == (3, 3) and np.all(tab.sign_mixing[:, [0, 2]] == 0)
     assert tab.attention_types == ["softmax", "cog", "softmax"]
     assert np.all(tab.neg_share[:, [0, 2]] == 0) and np.all(np.isnan(tab.mean_abs_neg[:, [0, 2]]))
     assert np.all((tab.neg_share[:, 1] > 0.05) & (tab.neg_share[:, 1] < 0.95))

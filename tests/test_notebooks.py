@@ -20,7 +20,12 @@ NOTEBOOKS = {
                                  "pipeline/pipeline_uvit.py", "pipeline/transformer/config.json"]),
     "02_cog_microscope.ipynb": ({"COGDIFF_NB_STEPS": "12"}, [
         "loss.png", "samples.png", "negative_by_block.png", "negative_by_timestep.png",
-        "attention_map_cog.png", "attention_map_softmax.png", "similarity_by_depth.png"]),
+        "attention_map_cog.png", "attention_map_softmax.png", "similarity_by_depth.png",
+        "runs/softmax/metrics.jsonl", "runs/cog/pipeline/model_index.json"]),
+    # FID is off in CI: Inception on the CPU would cost more than this whole suite
+    "03_compare.ipynb": ({"COGDIFF_NB_STEPS": "12", "COGDIFF_NB_FID": "0"}, [
+        "curves.png", "run_grids.png", "same_noise.png", "runs/softmax/metrics.jsonl", "runs/cog/samples/step_0000012.png",
+        "runs/cog/pipeline/model_index.json"]),
 }
 
 
@@ -39,7 +44,8 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     env, expected = NOTEBOOKS[name]
     out = tmp_path / "out"
     monkeypatch.setenv("COGDIFF_NB_OUT", str(out))
-    monkeypatch.delenv("COGDIFF_PIPELINE", raising=False)
+    for var in ("COGDIFF_PIPELINE", "COGDIFF_RUNS"):
+        monkeypatch.delenv(var, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     work = tmp_path / "nb"
@@ -64,6 +70,12 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     if name == "02_cog_microscope.ipynb":
         assert "training steps per model: 12" in text
         assert "cog (untrained)" in text and "mean pairwise cosine" in text
+        assert "['softmax', 'cog', 'cog', 'cog', 'softmax']" in text  # the Cog run really is Cog
+    if name == "03_compare.ipynb":
+        assert "12 metric rows" in text and "no FID rows" in text
+        for kind in ("softmax", "cog"):  # train.py logged every step: loss rows 1..12
+            rows = [json.loads(line) for line in (out / "runs" / kind / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows] == list(range(1, 13))
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))

@@ -35,7 +35,10 @@ def negative_stats(weights: torch.Tensor, query_slice: slice = slice(None), key_
         ``neg_share``: fraction of weights that are < 0;
         ``mean_abs_neg``: mean |w| over the negative weights (NaN where a head has none);
         ``neg_mass``: per query row, sum of |w| over negative w divided by sum of |w|, averaged
-        (0 for softmax; for Cog |w| sums to 1 per row, so this is the share of attention that deletes).
+        (0 for softmax; for Cog |w| sums to 1 per row, so this is the share of attention that deletes);
+        ``sign_mixing``: per row, 2 min(P, N) / (P + N) with P, N the positive and negative mass, averaged:
+        0 when every row is single-signed (an all-negative row is a softmax row with negated values),
+        1 when rows are balanced between adding and subtracting.
     ``query_slice`` / ``key_slice`` restrict the rows / columns (e.g. ``slice(extras, None)`` = patches).
     """
     w = weights.float()[:, :, query_slice, key_slice]
@@ -47,8 +50,11 @@ def negative_stats(weights: torch.Tensor, query_slice: slice = slice(None), key_
     mean_abs_neg = torch.where(n_neg > 0, mean_abs_neg, torch.full_like(mean_abs_neg, float("nan")))
     row_abs = w.abs().sum(-1)
     row_neg = abs_neg.sum(-1)
-    mass = torch.where(row_abs > 0, row_neg / row_abs.clamp_min(1e-30), torch.zeros_like(row_abs))
-    return {"neg_share": n_neg / total, "mean_abs_neg": mean_abs_neg, "neg_mass": mass.mean(dim=(0, 2))}
+    has = row_abs > 0
+    mass = torch.where(has, row_neg / row_abs.clamp_min(1e-30), torch.zeros_like(row_abs))
+    mixing = 2 * torch.minimum(mass, 1 - mass)
+    return {"neg_share": n_neg / total, "mean_abs_neg": mean_abs_neg, "neg_mass": mass.mean(dim=(0, 2)),
+            "sign_mixing": mixing.mean(dim=(0, 2))}
 
 
 @dataclass
@@ -62,6 +68,7 @@ class NegativeStatsTable:
     neg_share: np.ndarray
     mean_abs_neg: np.ndarray
     neg_mass: np.ndarray
+    sign_mixing: np.ndarray
     per_head: Dict[str, np.ndarray]
 
     def block_means(self, key: str = "neg_share") -> np.ndarray:
@@ -74,7 +81,7 @@ def negative_stats_table(capture: AttentionCapture, patches_only: bool = False) 
     timestep and block, e.g. two calls, are averaged). ``patches_only`` drops the extra tokens."""
     blocks, ts = capture.blocks, capture.timesteps
     sl = slice(capture.extras, None) if patches_only else slice(None)
-    keys = ("neg_share", "mean_abs_neg", "neg_mass")
+    keys = ("neg_share", "mean_abs_neg", "neg_mass", "sign_mixing")
     sums: Dict[tuple, List[Dict[str, torch.Tensor]]] = {}
     types = {}
     for r in capture.records:
@@ -86,7 +93,8 @@ def negative_stats_table(capture: AttentionCapture, patches_only: bool = False) 
         for k in keys:
             per_head[k][i, j] = torch.stack([s[k] for s in stats]).mean(0).numpy()
     means = {k: _nanmean(per_head[k], axis=-1) for k in keys}
-    return NegativeStatsTable(blocks, ts, [types[b] for b in blocks], means["neg_share"], means["mean_abs_neg"], means["neg_mass"], per_head)
+    return NegativeStatsTable(blocks, ts, [types[b] for b in blocks], means["neg_share"], means["mean_abs_neg"],
+                              means["neg_mass"], means["sign_mixing"], per_head)
 
 
 def query_attention_map(

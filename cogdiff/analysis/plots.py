@@ -71,12 +71,13 @@ def plot_image_grid(images, path, nrow: Optional[int] = None, title: str = "", c
 
 
 def plot_negative_by_block(tables: Mapping[str, NegativeStatsTable], path, dpi: int = DEFAULT_DPI) -> Figure:
-    """Three panels vs block (mean over timesteps): share of negative weights, mean |negative
-    weight| and negative share of the attention mass; one line per model."""
-    fig = new_figure(10, 2.8)
-    panels = [("neg_share", "share of weights < 0"), ("mean_abs_neg", "mean |w| of w < 0"), ("neg_mass", "negative share of |w| mass")]
+    """Four panels vs block (mean over timesteps): share of negative weights, mean |negative
+    weight|, negative share of the attention mass and sign mixing per row; one line per model."""
+    fig = new_figure(12, 2.8)
+    panels = [("neg_share", "share of weights < 0"), ("mean_abs_neg", "mean |w| of w < 0"),
+              ("neg_mass", "negative share of |w| mass"), ("sign_mixing", "sign mixing per row (0 = one sign)")]
     for j, (key, label) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, j + 1)
+        ax = fig.add_subplot(1, len(panels), j + 1)
         for name, tab in tables.items():
             ax.plot(tab.blocks, tab.block_means(key), marker="o", label=name)
         first = next(iter(tables.values()))
