@@ -198,17 +198,24 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
     for p in files:
         st = p.stat()
         digest.update(f"{p.relative_to(top)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    cache = _cache_path(top, f"{top.name}-{resolution or 'native'}-{digest.hexdigest()[:16]}.npz", cache_dir)
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return z["images"], z["labels"], [str(c) for c in z["classes"]]
+    name = f"{top.name}-{resolution or 'native'}-{digest.hexdigest()[:16]}.npz"
+    places = _cache_dirs(top, cache_dir)
+    for place in places:
+        if (place / name).is_file():
+            with np.load(place / name, allow_pickle=False) as z:
+                return z["images"], z["labels"], [str(c) for c in z["classes"]]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         arrays = list(pool.map(lambda p: _decode(p, resolution), files))
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise DataError(f"images under {top} differ in size ({sorted(sizes)[:3]}...): set data.resolution to resize them")
     images = np.stack(arrays)
-    _atomic_savez(cache, images=images, labels=labels, classes=np.array(classes))
+    for place in places:  # the first place that takes the file
+        try:
+            _atomic_savez(place / name, images=images, labels=labels, classes=np.array(classes))
+            break
+        except OSError:
+            continue
     return images, labels, classes
 
 
@@ -222,12 +229,15 @@ def _decode(path: Path, resolution: Optional[int]) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _cache_path(data_dir: Path, name: str, cache_dir: Optional[str]) -> Path:
-    beside = data_dir.parent / ".cogdiff_cache"
-    if cache_dir is None and os.access(data_dir.parent, os.W_OK) and (not beside.exists() or os.access(beside, os.W_OK)):
-        return beside / name
-    base = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return (base if cache_dir else base / "cogdiff") / name
+def _cache_dirs(data_dir: Path, cache_dir: Optional[str]) -> List[Path]:
+    """Where the decoded cache may live, in order: ``cache_dir`` if set; else beside the data (unless that
+    folder has no write bits, e.g. a shared read-only copy), then ``$XDG_CACHE_HOME/cogdiff``."""
+    if cache_dir is not None:
+        return [Path(cache_dir)]
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogdiff"
+    parent = data_dir.parent
+    writable = os.access(parent, os.W_OK) and parent.stat().st_mode & 0o222  # root ignores modes: read them too
+    return [parent / ".cogdiff_cache", user] if writable else [user]
 
 
 def _atomic_savez(path: Path, **arrays) -> None:

@@ -70,6 +70,18 @@ def test_imagefolder_errors_and_cache_dir(tmp_path):
     assert ds.shape == (3, 4, 4) and len(list((tmp_path / "c").glob("*.npz"))) == 1
 
 
+def test_cache_avoids_read_only_data(tmp_path, monkeypatch):
+    write_folder(tmp_path / "ro" / "data", sizes=((8, 8),))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "ro").chmod(0o555)  # like ../shared: no write bits (root could still write: modes are read)
+    try:
+        ds = build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "ro" / "data")))
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert ds.shape == (3, 8, 8) and not (tmp_path / "ro" / ".cogdiff_cache").exists()
+    assert len(list((tmp_path / "xdg" / "cogdiff").glob("data-native-*.npz"))) == 1
+
+
 def test_flip_follows_the_generator():
     ds = build_dataset(cfg(kind="synthetic", resolution=8, limit=64))
     plain = build_dataset(cfg(kind="synthetic", resolution=8, limit=64, random_flip=False))

@@ -101,6 +101,17 @@ def test_exported_pipeline_has_ema_and_raw_weights(tiny_run):
     assert images.shape == (2, cfg.model["sample_size"], cfg.model["sample_size"], cfg.model["in_channels"])
 
 
+def test_export_on_demand(tiny_run, train_mod, tmp_path):
+    out, _ = tiny_run
+    again = tmp_path / "again"
+    assert train_mod.main(["--config", str(TINY_YAML), f"train.output_dir={again}", "--export",
+                           str(out / "checkpoints" / "step_0000100")]) == 0
+    files = sorted(p.relative_to(again / "pipeline") for p in (again / "pipeline").rglob("*") if p.is_file())
+    assert Path("transformer/diffusion_pytorch_model.raw.safetensors") in files and Path("model_index.json") in files
+    assert not any("training_state" in str(f) or "rng_state" in str(f) for f in files)
+    assert train_mod.main(["--config", str(TINY_YAML), f"train.output_dir={tmp_path / 'none'}", "--export", "latest"]) == 2
+
+
 # ------------------------------------------------------------------------------ the pieces
 
 
