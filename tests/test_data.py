@@ -66,6 +66,8 @@ def test_imagefolder_errors_and_cache_dir(tmp_path):
         build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "empty")))
     with pytest.raises(DataError, match="data.path is not set"):
         build_dataset(cfg(kind="imagefolder"))
+    with pytest.raises(DataError, match="no test split at"):
+        build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "mixed"), split="test", resolution=4))
     ds = build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "mixed"), resolution=4, cache_dir=str(tmp_path / "c")))
     assert ds.shape == (3, 4, 4) and len(list((tmp_path / "c").glob("*.npz"))) == 1
 
