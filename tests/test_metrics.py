@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cogdiff.metrics import FIDEvaluator, InceptionFeatures, RefStats, compute_ref_stats, find_weights
+from cogdiff.metrics import FIDEvaluator, InceptionFeatures, RefStats, find_weights, fingerprint_images
+from cogdiff.metrics.stats import FeatureAccumulator
 from cogdiff.metrics import inception as inc
 from cogdiff.metrics.__main__ import main as metrics_main
 from cogdiff.metrics.stats import ensure_ref_stats
 
-N = 16
+N = 12
 NOISE = (0.0, 3.0, 12.0, 48.0)
 
 
@@ -40,8 +41,18 @@ def extractor():
 
 
 @pytest.fixture(scope="module")
-def ref_path(tmp_path_factory, images, extractor):
-    return compute_ref_stats([images[:8], images[8:]], extractor, source="synthetic").save(str(tmp_path_factory.mktemp("ref") / "ref.npz"))
+def feats_by_noise(images, extractor):
+    """Inception features of the set at each noise level, computed once (CPU Inception is slow)."""
+    return {sigma: extractor(noisy(images, sigma) if sigma else images)[0] for sigma in NOISE}
+
+
+@pytest.fixture(scope="module")
+def ref_path(tmp_path_factory, images, extractor, feats_by_noise):
+    acc = FeatureAccumulator()
+    acc.update(feats_by_noise[0.0][:5])
+    acc.update(feats_by_noise[0.0][5:])
+    stats = acc.finish(fingerprint_images(images), extractor.extractor_id, "synthetic")
+    return stats.save(str(tmp_path_factory.mktemp("ref") / "ref.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +82,9 @@ def test_tf1_resize_matrix_known_values():
 
 
 def test_features_match_standard_preprocessing(extractor, images):
-    x = images[:3]
+    x = images[:2]
     ours, logits = extractor(x)
-    assert ours.shape == (3, 2048) and logits is None
+    assert ours.shape == (2, 2048) and logits is None
     net = torch.jit.load(find_weights(), map_location="cpu").eval()
     t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
     with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -96,17 +107,17 @@ def test_weights_lookup_order_and_errors(monkeypatch, tmp_path):
         find_weights()
 
 
-def test_self_fid_is_zero(evaluator, images):
-    out = evaluator.score_images(images)
+def test_self_fid_is_zero(evaluator, feats_by_noise):
+    out = evaluator.score_features(feats_by_noise[0.0])
     assert set(out) == {"fid", "kid_mean", "kid_std", "num_images"} and out["num_images"] == N
     assert abs(out["fid"]) < 1e-2
     assert abs(out["kid_mean"]) < 0.1  # unbiased MMD of a set with itself: ~0 (slightly negative)
-    far = evaluator.score_images(noisy(images, NOISE[-1]))
+    far = evaluator.score_features(feats_by_noise[NOISE[-1]])
     assert far["fid"] > 50 and far["kid_mean"] > 0.2
 
 
-def test_fid_and_kid_grow_with_noise(evaluator, images):
-    scores = [evaluator.score_features(evaluator.features(noisy(images, s))[0]) for s in NOISE[:-1]]
+def test_fid_and_kid_grow_with_noise(evaluator, feats_by_noise):
+    scores = [evaluator.score_features(feats_by_noise[s]) for s in NOISE]
     fids, kids = [s["fid"] for s in scores], [s["kid_mean"] for s in scores]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
     assert all(a < b for a, b in zip(kids, kids[1:])), kids
@@ -119,7 +130,7 @@ def test_seeded_state_and_distance_equal_torchmetrics(n_fake):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from cogdiff.metrics.evaluator import _fid_moments, _Precomputed
-    from cogdiff.metrics.stats import FeatureAccumulator, frechet_distance
+    from cogdiff.metrics.stats import frechet_distance
 
     g = torch.Generator().manual_seed(0)
     real = torch.rand(300, 64, generator=g) * 2
@@ -202,3 +213,58 @@ def test_cli_ref_and_calc(tmp_path, images, ref_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
+
+
+def test_full_weights_need_torch_fidelity(tmp_path, monkeypatch):
+    """A state dict (not TorchScript) is taken for full weights with logits; without torch-fidelity: one clear error."""
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, path)
+    monkeypatch.setattr(inc, "torch_fidelity_available", lambda: False)
+    with pytest.raises(RuntimeError, match="pip install torch-fidelity"):
+        InceptionFeatures(str(path), device="cpu")
+
+
+def test_dataset_source_matches_cogdiff_data():
+    from cogdiff.config import DataConfig
+    from cogdiff.data import build_dataset
+    from cogdiff.metrics.images import load_source
+
+    images = load_source("dataset:kind=synthetic,limit=8")
+    stored = build_dataset(DataConfig(kind="synthetic", limit=8, random_flip=False)).images.permute(0, 2, 3, 1).numpy()
+    assert images.dtype == np.uint8 and np.array_equal(images, stored)  # exact round trip through [-1, 1]
+    with pytest.raises(ValueError, match="unknown dataset keys"):
+        load_source("dataset:kind=synthetic,colour=red")
+
+
+def _gather_worker(rank, world, port, queue):
+    import torch.distributed as dist
+
+    from cogdiff.metrics import gather_rows
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        local = torch.full((rank + 1, 3), float(rank))  # uneven: 1 row on rank 0, 2 rows on rank 1
+        queue.put((rank, gather_rows(local).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_rows_across_processes():
+    """What score_pipeline does under accelerate/torch.distributed: features of all ranks, in rank order."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")  # CPU only, no CUDA initialised: fork is safe and skips re-importing torch
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    expected = [[0.0] * 3, [1.0] * 3, [1.0] * 3]
+    assert results == {0: expected, 1: expected}

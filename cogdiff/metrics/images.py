@@ -10,7 +10,8 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from ..latents.images import IMAGE_EXTENSIONS as IMAGE_EXTS
+
 DATASET_PREFIX = "dataset:"
 
 

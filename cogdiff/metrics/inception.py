@@ -203,9 +203,13 @@ def _is_torchscript(path: str) -> bool:
         return any("/code/" in n for n in z.namelist())
 
 
+def torch_fidelity_available() -> bool:
+    return importlib.util.find_spec("torch_fidelity") is not None
+
+
 def _load_fidelity(path: str) -> nn.Module:
     """torch-fidelity's InceptionV3 with pool3 + unbiased 1008-way logits, from a full weights file."""
-    if importlib.util.find_spec("torch_fidelity") is None:
+    if not torch_fidelity_available():
         raise RuntimeError(
             f"{path} is a full Inception state dict (with logits); using it needs torch-fidelity: "
             "pip install torch-fidelity (or pass the TorchScript pool3 weights for FID/KID only)"
