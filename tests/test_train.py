@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from cogdiff.config import ConfigError, load_config
 from cogdiff.data import FASHION_MNIST_DIR
 from cogdiff.pipelines import UViTPipeline
-from cogdiff.training import EMA, BatchPlan, diffusion_loss, list_checkpoints, make_noise_scheduler
+from cogdiff.training import EMA, BatchPlan, diffusion_loss, drop_labels, list_checkpoints, make_noise_scheduler
 from cogdiff.training.checkpoint import step_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +133,15 @@ def test_diffusion_loss_targets():
     assert diffusion_loss(oracle("v_prediction"), sched, x0, None, gen()) > 1e-2  # wrong target for epsilon
     sched_v = make_noise_scheduler(load_config(TINY_YAML, ["diffusion.prediction_type=v_prediction"]).diffusion)
     assert diffusion_loss(oracle("v_prediction"), sched_v, x0, None, gen()) < 1e-8
+
+
+def test_label_dropout():
+    labels = torch.arange(10_000) % 7
+    for p in (0.0, 0.1, 1.0):
+        out = drop_labels(labels, p, null_label=7, generator=torch.Generator().manual_seed(0))
+        dropped = out == 7
+        assert abs(dropped.float().mean().item() - p) < 0.015
+        assert torch.equal(out[~dropped], labels[~dropped])
 
 
 def test_ema_update_and_warmup():
