@@ -123,7 +123,9 @@ def capture_attention(
             guidance the pipeline's batch is ``[conditional | null-label]``).
         device: where to store the weights (``None`` keeps the model's device).
 
-    Yields an :class:`AttentionCapture` that fills up during the forward calls.
+    Yields an :class:`AttentionCapture` that fills up during the forward calls. Meant for inference
+    (e.g. a pipeline call, which runs under ``torch.no_grad``); in training with gradient
+    checkpointing the blocks run twice per step and each would be recorded twice.
 
     Example::
 
