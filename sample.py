@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("model", help="pipeline folder (model_index.json) or training run folder (with pipeline/)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("-n", "--num-images", type=int, required=True)
+    ap.add_argument("--variant", default=None, help="weights variant, e.g. raw (non-EMA weights of a training checkpoint)")
     ap.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), help="default: the pipeline's own")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
     ap.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance w (1 = off)")
@@ -56,11 +57,11 @@ def main(argv=None) -> int:
         return 2
     rank, world, device, barrier = _process_info(args.device)
     try:
-        pipe = load_pipeline(args.model, device=device, scheduler=args.scheduler)
+        pipe = load_pipeline(args.model, device=device, scheduler=args.scheduler, variant=args.variant)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    settings = dict(model=os.path.abspath(args.model), num_images=args.num_images, scheduler=scheduler_label(pipe),
+    settings = dict(model=os.path.abspath(args.model), variant=args.variant, num_images=args.num_images, scheduler=scheduler_label(pipe),
                     steps=args.steps, guidance_scale=args.guidance_scale, class_label=args.class_label,
                     batch_size=args.batch_size, seed=args.seed, bf16=args.bf16, format=args.format)
     os.makedirs(args.out, exist_ok=True)

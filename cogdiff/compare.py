@@ -23,6 +23,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .sampling import PIPELINE_SUBDIR as PIPELINE_DIRNAME  # noqa: E402
+
 SEED_RULE = "image i uses torch.Generator().manual_seed(cogdiff.sampling.image_seed(seed, i)) on the CPU"
 
 
@@ -120,6 +122,22 @@ def plot_fid_vs_step(runs: Dict[str, List[dict]], path: str) -> Optional[str]:
     return path
 
 
+def split_variant(spec: str) -> tuple:
+    """``"runs/cog@raw"`` -> ``("runs/cog", "raw")``; no ``@`` (or a path that exists as given) -> variant None."""
+    path, at, variant = spec.rpartition("@")
+    if not at or os.path.exists(spec):
+        return spec, None
+    return path, variant
+
+
+def default_label(spec: str) -> str:
+    path, variant = split_variant(spec)
+    name = os.path.basename(os.path.normpath(path))
+    if name == PIPELINE_DIRNAME:  # <run>/pipeline -> the run's name
+        name = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    return name + (f"@{variant}" if variant else "")
+
+
 def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] = None, num_images: int = 10_000,
             scheduler: str = "dpm++", steps: int = 50, batch_size: int = 256, seed: int = 0, guidance_scale: float = 1.0,
             bf16: bool = False, device=None, weights: Optional[str] = None, grid_images: int = 8, progress: bool = True, command: Optional[str] = None) -> dict:
@@ -128,19 +146,22 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
 
     from .analysis.runs import read_jsonl
     from .metrics import FIDEvaluator
-    from .sampling import PIPELINE_SUBDIR, atomic_savez, load_pipeline, sample_batch
+    from .sampling import PIPELINE_SUBDIR, atomic_savez, check_pipeline, load_pipeline, sample_batch
 
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models, got {len(models)}")
-    labels = labels or [os.path.basename(os.path.normpath(m)) for m in models]
+    labels = labels or [default_label(m) for m in models]
     if len(labels) != len(models) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels must give {len(models)} distinct names, got {labels}")
+    for spec in models:  # fail before any sampling
+        check_pipeline(*split_variant(spec))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
     ev = FIDEvaluator(ref, device=device, weights=weights)
     rows, grids, curves = [], {}, {}
-    for label, model in zip(labels, models):
-        pipe = load_pipeline(model, device=device, scheduler=scheduler)
+    for label, spec in zip(labels, models):
+        model, variant = split_variant(spec)
+        pipe = load_pipeline(model, device=device, scheduler=scheduler, variant=variant)
         t0 = time.perf_counter()
         scores = ev.score_pipeline(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16, progress=progress)
         elapsed = time.perf_counter() - t0
@@ -150,7 +171,8 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         run_fid = read_jsonl(os.path.join(model, "fid.jsonl"))
         if run_fid:
             curves[label] = run_fid
-        rows.append(dict(model=label, path=os.path.abspath(model), attention=cfg.attention_type,
+        rows.append(dict(model=label, path=os.path.abspath(model), weights=variant or "default (EMA for training exports)",
+                         attention=cfg.attention_type,
                          attention_types=pipe.transformer.attention_types(),
                          params=sum(p.numel() for p in pipe.transformer.parameters()),
                          is_run_dir=os.path.isdir(os.path.join(model, PIPELINE_SUBDIR)), **scores,
@@ -187,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULERS
 
     ap = argparse.ArgumentParser(prog="python -m cogdiff.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="two or more pipeline folders or training run folders")
+    ap.add_argument("models", nargs="+", help="two or more pipeline folders or training run folders; PATH@raw takes "
+                    "the raw (non-EMA) weights variant")
     ap.add_argument("--ref", required=True, help="reference statistics (python -m cogdiff.metrics ref ...)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--labels", default=None, help="comma-separated names (default: folder names)")

@@ -70,10 +70,22 @@ def resolve_pipeline_dir(path: str) -> str:
     )
 
 
-def load_pipeline(path: str, device=None, scheduler: Optional[str] = None):
+def check_pipeline(path: str, variant: Optional[str] = None) -> str:
+    """The pipeline folder of ``path`` (see :func:`resolve_pipeline_dir`), checking that ``variant`` exists."""
+    folder = resolve_pipeline_dir(path)
+    tdir = os.path.join(folder, "transformer")
+    if variant is not None and not any(f".{variant}." in f for f in os.listdir(tdir)):
+        raise FileNotFoundError(f"{tdir} has no weights of variant {variant!r}; drop the variant or pick another folder")
+    return folder
+
+
+def load_pipeline(path: str, device=None, scheduler: Optional[str] = None, variant: Optional[str] = None):
+    """Load a pipeline folder / run folder; ``variant="raw"`` takes the raw (non-EMA) weights that
+    training checkpoints store beside the EMA ones."""
     from .pipelines import UViTPipeline
 
-    pipe = UViTPipeline.from_pretrained(resolve_pipeline_dir(path))
+    folder = check_pipeline(path, variant)
+    pipe = UViTPipeline.from_pretrained(folder, variant=variant)
     pipe = with_scheduler(pipe, scheduler)
     if device is not None:
         pipe.to(device)

@@ -26,6 +26,10 @@ def setup(tmp_path_factory):
         run = root / f"run_{att}"
         UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(run / "pipeline"))
         runs[att] = str(run)
+        if att == "softmax":  # a training export also holds the raw (non-EMA) weights as variant "raw"
+            torch.manual_seed(7)
+            raw = UViTModel(sample_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, attention_type=att)
+            raw.save_pretrained(str(run / "pipeline" / "transformer"), variant="raw")
     # TEST FIXTURE: a fabricated fid.jsonl (made-up numbers) for the softmax run only, as the plot's input.
     with open(os.path.join(runs["softmax"], "fid.jsonl"), "w") as f:
         for step, fid in [(100, 300.0), (200, 250.0), (300, 240.0)]:
@@ -38,11 +42,11 @@ def setup(tmp_path_factory):
 def test_compare_writes_table_json_grid_and_plot(setup, capsys):
     root, runs, ref = setup
     out = root / "out"
-    argv = [runs["softmax"], os.path.join(runs["cog"], "pipeline"), "--ref", ref, "--out", str(out), "-n", str(N),
-            "--steps", "2", "--batch-size", "4", "--labels", "softmax,cog", "--device", "cpu", "--grid-images", "3", "--no-progress"]
+    argv = [runs["softmax"], runs["softmax"] + "@raw", os.path.join(runs["cog"], "pipeline"), "--ref", ref, "--out", str(out),
+            "-n", str(N), "--steps", "2", "--batch-size", "4", "--device", "cpu", "--grid-images", "3", "--no-progress"]
     assert compare_main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| softmax | softmax |" in printed and "| cog | cog |" in printed
+    assert "| run_softmax | softmax |" in printed and "| run_softmax@raw | softmax |" in printed and "| run_cog | cog |" in printed
 
     record = json.loads((out / "compare.json").read_text())
     p = record["protocol"]
@@ -50,20 +54,21 @@ def test_compare_writes_table_json_grid_and_plot(setup, capsys):
     assert p["ref_fingerprint"] == RefStats.load(ref).fingerprint and p["feature_extractor"].startswith("inception-2015-12-05")
     assert record["commit"] and record["device"].startswith("cpu") and record["versions"]["diffusers"]
     assert record["command"].startswith("python -m cogdiff.compare")
-    res = {r["model"]: r for r in record["results"]}
+    res = {r["model"].replace("run_", ""): r for r in record["results"]}
     assert res["softmax"]["attention"] == "softmax" and res["cog"]["attention"] == "cog"
     assert res["cog"]["attention_types"] == ["softmax", "cog", "softmax"]
     for r in res.values():
         assert r["num_images"] == N and r["fid"] > 0 and r["kid_mean"] is not None and "inception_score" not in r
-    assert res["softmax"]["fid"] != res["cog"]["fid"]  # different models, same seeds: different images
+    assert len({r["fid"] for r in res.values()}) == 3  # different weights, same seeds: different images
+    assert res["softmax@raw"]["weights"] == "raw" and res["softmax@raw"]["last_logged_fid"]["step"] == 300
     assert res["softmax"]["last_logged_fid"]["step"] == 300 and res["cog"]["last_logged_fid"] is None
 
     md = (out / "compare.md").read_text()
     assert "dpm++" in md and f"{res['cog']['fid']:.3f}" in md
     grid = Image.open(out / "grid.png")
-    assert grid.size == (80 + 3 * (64 + 2) + 2, 2 * (64 + 2) + 2)  # 8x8 images enlarged 8x, 2 rows x 3 seeds
-    cell = np.asarray(grid)[2 : 2 + 64, 82 : 82 + 64]  # softmax, image 0
-    assert np.array_equal(cell[::8, ::8], np.load(out / "grid_images.npz")["softmax"][0])
+    assert grid.size == (80 + 3 * (64 + 2) + 2, 3 * (64 + 2) + 2)  # 8x8 images enlarged 8x, 3 rows x 3 seeds
+    cell = np.asarray(grid)[2 + 66 : 2 + 66 + 64, 82 : 82 + 64]  # second row (softmax@raw), image 0
+    assert np.array_equal(cell[::8, ::8], np.load(out / "grid_images.npz")["run_softmax@raw"][0])
     assert os.path.getsize(out / "fid_vs_step.png") > 1000
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
@@ -72,5 +77,7 @@ def test_compare_refuses_one_model_and_bad_labels(setup, capsys):
     root, runs, ref = setup
     assert compare_main([runs["cog"], "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
     assert "two or more" in capsys.readouterr().err
+    assert compare_main([runs["cog"], runs["softmax"] + "@nope", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
+    assert "variant 'nope'" in capsys.readouterr().err
     assert compare_main([runs["cog"], runs["softmax"], "--labels", "a,a", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
     assert "distinct" in capsys.readouterr().err
