@@ -1,0 +1,100 @@
+"""Crash-safe file writes and hashing shared by the whole package.
+
+Every writer here builds the file under a temporary name in the destination folder
+(``<name>.tmp-<pid>-<random>``), flushes and fsyncs it, then renames it over the destination with
+``os.replace`` — so a reader sees the old file or the new one, never half of one. A crash leaves at
+most a temporary file, which :func:`remove_stale_temporaries` can clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterator, List
+
+import numpy as np
+
+TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb", encoding=None) -> Iterator:
+    """``with atomic_open(path, "w") as f: ...`` writes ``path`` atomically (nothing changes on error)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + TMP_MARK)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; keep the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj: Any, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def atomic_savez(path, **arrays) -> None:
+    """``np.savez`` (no pickles) written atomically."""
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def atomic_save_npy(path, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def atomic_save_with(path, save: Callable[[str], None], suffix: str = "") -> None:
+    """For writers that need a file name (PIL, matplotlib): ``save(tmp_name)`` then rename.
+    ``suffix`` keeps an extension on the temporary name for writers that read the format from it."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + TMP_MARK, suffix=suffix)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def remove_stale_temporaries(folder, stems=None) -> List[str]:
+    """Delete temporaries left by a killed writer in ``folder`` (only names with ``TMP_MARK``;
+    restricted to ``stems`` — destination base names — when given). Returns the names removed."""
+    removed = []
+    for name in os.listdir(folder):
+        if TMP_MARK not in name:
+            continue
+        if stems is not None and not any(name.startswith(s + TMP_MARK) for s in stems):
+            continue
+        os.remove(os.path.join(folder, name))
+        removed.append(name)
+    return removed
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
