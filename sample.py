@@ -64,11 +64,10 @@ def main(argv=None) -> int:
     settings = dict(model=os.path.abspath(args.model), variant=args.variant, num_images=args.num_images, scheduler=scheduler_label(pipe),
                     steps=args.steps, guidance_scale=args.guidance_scale, class_label=args.class_label,
                     batch_size=args.batch_size, seed=args.seed, bf16=args.bf16, format=args.format)
-    os.makedirs(args.out, exist_ok=True)
-    try:
+    try:  # every process checks OUT/settings.json read-only first; rank 0 writes it; then a barrier
         sample_to_dir(pipe, args.out, args.num_images, args.batch_size, args.steps, args.seed, args.guidance_scale, args.bf16,
                       args.class_label, png=args.format in ("png", "both"), rank=rank, world=world, settings=settings,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, barrier=barrier)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

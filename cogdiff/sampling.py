@@ -11,23 +11,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .io import atomic_save_with, atomic_savez, atomic_write_json, remove_stale_temporaries
+
+# Every sampler starts from pure noise at the last training timestep (t = 999 of 1000) and takes
+# equal steps of 1000 / steps: diffusers' "trailing" spacing. Set explicitly for all of them, because
+# ``from_config`` otherwise inherits the base config's spacing: a DDPMScheduler config saved to disk says
+# "leading", with which DDIM at 4 steps runs [750, 500, 250, 0] and DPM++ at 50 steps starts at t = 950
+# (leading: the first step is at t < T, from an image that is pure noise only at T).
+TIMESTEP_SPACING = "trailing"
+_SPACING = {"timestep_spacing": TIMESTEP_SPACING}
+
 # name -> (diffusers class, extra config). "dpm++" is DPM-Solver++(2M), U-ViT's "fast" sampler family.
 SCHEDULERS = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {**_SPACING}),
+    "ddim": ("DDIMScheduler", {**_SPACING}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **_SPACING}),
+    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **_SPACING}),
+    "euler": ("EulerDiscreteScheduler", {**_SPACING}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {**_SPACING}),
+    "heun": ("HeunDiscreteScheduler", {**_SPACING}),
+    "unipc": ("UniPCMultistepScheduler", {**_SPACING}),
+    "pndm": ("PNDMScheduler", {**_SPACING}),
 }
 PIPELINE_SUBDIR = "pipeline"  # <run>/pipeline/ holds the exported pipeline (training run layout)
 
@@ -154,58 +163,63 @@ def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, see
 # ------------------------------------------------------------------------------ resumable runs
 
 
-def atomic_savez(path: str, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _atomic_png(path: str, image: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path + ".tmp"
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    atomic_save_with(path, lambda tmp: im.save(tmp, format="PNG"), suffix=".png")
 
 
 def part_path(out_dir: str, start: int, end: int) -> str:
     return os.path.join(out_dir, "parts", f"part_{start:08d}_{end:08d}.npz")
 
 
-def check_settings(out_dir: str, settings: dict) -> None:
-    """Write ``settings.json`` on first use; on resume, refuse different settings."""
-    path = os.path.join(out_dir, "settings.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out or delete it")
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+SETTINGS_FILE = "settings.json"
+
+
+def check_settings(out_dir: str, settings: dict) -> bool:
+    """Read-only: True if ``out_dir`` already holds ``settings.json`` with these settings, False if it has
+    none; ValueError if it holds a run with other settings. Every process runs this before sampling."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        old = json.load(f)
+    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if diff:
+        raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out or delete it")
+    return True
+
+
+def write_settings(out_dir: str, settings: dict) -> str:
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    atomic_write_json(path, settings)
+    return path
 
 
 def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
                   guidance_scale: float = 1.0, bf16: bool = False, class_label: Optional[int] = None, png: bool = False,
-                  rank: int = 0, world: int = 1, settings: Optional[dict] = None, progress: bool = True) -> List[str]:
+                  rank: int = 0, world: int = 1, settings: Optional[dict] = None, progress: bool = True,
+                  barrier: Optional[Callable[[], None]] = None) -> List[str]:
     """Sample this process's batches into ``out_dir/parts/`` (one atomic .npz per batch; finished parts
-    are skipped, so a rerun resumes) and, with ``png``, ``out_dir/png/{index:06d}.png``. Returns the part paths."""
+    are skipped, so a rerun resumes) and, with ``png``, ``out_dir/png/{index:06d}.png``. Returns the part paths.
+
+    With ``settings``, every process first checks ``out_dir/settings.json`` read-only (a folder from a
+    run with other settings is an error on all processes, before anything is written), then rank 0
+    writes it if absent, then ``barrier()`` (pass the launcher's barrier when ``world > 1``)."""
     from tqdm.auto import tqdm
 
-    os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
-    if png:
-        os.makedirs(os.path.join(out_dir, "png"), exist_ok=True)
-    if settings is not None and rank == 0:
-        check_settings(out_dir, settings)
+    if settings is not None:
+        exists = check_settings(out_dir, settings)  # all ranks, read-only
+        if rank == 0 and not exists:
+            write_settings(out_dir, settings)
+    subdirs = ["parts"] + (["png"] if png else [])
+    for sub in subdirs:
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        if rank == 0 and (world == 1 or barrier is not None):  # no other process is writing yet
+            remove_stale_temporaries(os.path.join(out_dir, sub))  # left by a killed run
+    if barrier is not None:
+        barrier()
     pipeline.set_progress_bar_config(disable=True)
     done = []
     todo = batch_ranges(num_images, batch_size, rank, world)

@@ -64,6 +64,22 @@ def test_schedulers_from_config():
         sampling.make_scheduler("magic", pipe.scheduler.config)
 
 
+def test_every_scheduler_starts_from_pure_noise_at_t_max(tmp_path):
+    """All samplers start at t = 999 (no "leading" spacing inherited from the training DDPM config, fresh or
+    saved to disk, where DDIM at 4 steps would run [750, 500, 250, 0] and DPM++ start at 950)."""
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(str(tmp_path))
+    saved = DDPMScheduler.from_pretrained(str(tmp_path)).config
+    assert saved.timestep_spacing == "leading"
+    for base in (DDPMScheduler(num_train_timesteps=1000).config, saved):
+        for name in sampling.SCHEDULERS:
+            for steps in (4, 50):
+                sched = sampling.make_scheduler(name, base)
+                sched.set_timesteps(steps)
+                ts = [float(t) for t in sched.timesteps]
+                assert ts[0] == 999, (name, steps, ts[:4])
+                assert ts[-1] <= 1000 / steps, (name, steps, ts[-4:])  # equal strides down to the end
+
+
 def test_resume_after_interruption_equals_uninterrupted(pipe_dir, tmp_path, monkeypatch):
     pipe = sampling.load_pipeline(pipe_dir, scheduler="dpm++")
     kw = dict(num_images=7, batch_size=2, num_inference_steps=STEPS, seed=3, png=True, progress=False, settings={"a": 1})
@@ -106,6 +122,25 @@ def test_process_split_covers_the_same_images(pipe_dir, tmp_path):
     b = np.load(sampling.merge_parts(str(tmp_path / "single"), 5, 2))["images"]
     assert np.array_equal(a, b)
     assert sampling.batch_ranges(5, 2, 0, 2) == [(0, 2), (4, 5)] and sampling.batch_ranges(5, 2, 1, 2) == [(2, 4)]
+
+
+def test_all_processes_check_settings_before_writing(pipe_dir, tmp_path):
+    """Every rank checks settings.json read-only before writing anything; only rank 0 writes it, before the barrier."""
+    pipe = sampling.load_pipeline(pipe_dir)
+    kw = dict(num_images=4, batch_size=2, num_inference_steps=STEPS, progress=False, world=2)
+    out = str(tmp_path / "run")
+    settings_file = os.path.join(out, "settings.json")
+    seen = []
+    sampling.sample_to_dir(pipe, out, rank=1, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw)
+    assert seen == [False] and not os.path.isfile(settings_file)  # rank 1 never writes settings.json
+    sampling.sample_to_dir(pipe, out, rank=0, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw)
+    assert seen == [False, True]  # rank 0 wrote it before the barrier
+    parts = sorted(os.listdir(os.path.join(out, "parts")))
+    assert len(parts) == 2
+    os.remove(os.path.join(out, "parts", parts[1]))  # rank 1's part: a rerun with other settings must not redo it
+    with pytest.raises(ValueError, match="other settings"):  # another run's folder: rank 1 refuses too
+        sampling.sample_to_dir(pipe, out, rank=1, settings={"seed": 1}, barrier=lambda: pytest.fail("barrier reached"), **kw)
+    assert sorted(os.listdir(os.path.join(out, "parts"))) == parts[:1]
 
 
 def test_sample_py_cli(pipe_dir, tmp_path):
