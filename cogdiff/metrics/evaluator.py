@@ -21,15 +21,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .images import iter_source
+from .images import count_source, iter_source
 from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
-from .stats import RefStats, frechet_distance, psd_sqrt
+from .stats import UNKNOWN, RefStats, frechet_distance, progress_images, psd_sqrt
 
 DEFAULT_INCEPTION_BATCH = 250
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
 METRIC_SEED = 0  # KID's random subsets and IS's shuffle use their own fixed-seed RNG
+IS_NOT_COMPUTED = ("needs full Inception weights with the 1008-way logits "
+                   "(--weights pt_inception-2015-12-05-6726825d.pth, with torch-fidelity installed)")
+# The keys of every result dict of FIDEvaluator.score_* (values may be None, see the class docstring).
+RESULT_KEYS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "inception_score", "is_std")
 
 
 class _Precomputed(nn.Module):
@@ -86,17 +90,24 @@ class FIDEvaluator:
         weights: Inception weights file (see :func:`cogdiff.metrics.inception.find_weights`).
         inception_batch_size: images per Inception forward.
 
-    Results are dicts ``{"fid", "kid_mean", "kid_std", "num_images"}``, plus ``"inception_score"`` and
-    ``"is_std"`` only with full weights (logits). ``kid_*`` are None when the statistics hold no real
-    features (e.g. pytorch-fid's files). ``last_timings`` holds the seconds spent per stage.
+    Results are dicts with the keys :data:`RESULT_KEYS`: ``fid``, ``kid_mean``, ``kid_std``,
+    ``kid_subset_size`` (the KID subset size actually used: ``min(kid_subset_size, N generated, real
+    features kept)``), ``num_images``, ``inception_score`` and ``is_std``. ``kid_*`` are None when the
+    statistics hold no real features (e.g. pytorch-fid's files); ``inception_score``/``is_std`` are None
+    without full weights (logits; :attr:`inception_score_note` says why). ``last_timings`` holds the
+    seconds spent per stage. ``allow_unverified`` lets a weights file with an unknown sha256 load (see
+    :mod:`cogdiff.metrics.inception`).
     """
 
     def __init__(self, ref_stats: str, device=None, weights: Optional[str] = None, inception_batch_size: int = DEFAULT_INCEPTION_BATCH,
-                 kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE):
-        self.extractor = InceptionFeatures(weights, device)
+                 kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE, allow_unverified: bool = False):
+        self.extractor = InceptionFeatures(weights, device, allow_unverified=allow_unverified)
         self.device = self.extractor.device
         self.ref_path = ref_stats
         self.ref = RefStats.load(ref_stats, extractor_id=self.extractor.extractor_id)
+        if self.ref.extractor_id == UNKNOWN:
+            warnings.warn(f"{ref_stats} does not record its feature extractor (e.g. a pytorch-fid .npz): its "
+                          "preprocessing may differ from ours, so FID against it may be off", stacklevel=2)
         self.inception_batch_size = inception_batch_size
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.last_timings: dict = {}
@@ -134,7 +145,8 @@ class FIDEvaluator:
             setattr(fid, name, value)
         fid.update(feats.to(self.device), real=False)
         value = frechet_distance(*_fid_moments(fid), x2=feats.to(self.device), sqrt_sigma1=self._sqrt_ref_sigma(n))
-        out = {"fid": value, "kid_mean": None, "kid_std": None, "num_images": n}
+        out = {"fid": value, "kid_mean": None, "kid_std": None, "kid_subset_size": None, "num_images": n,
+               "inception_score": None, "is_std": None}
 
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
@@ -147,13 +159,19 @@ class FIDEvaluator:
                 kid.update(real, real=True)
                 kid.update(feats.float().to(self.device), real=False)
                 kid_mean, kid_std = kid.compute()
-                out.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+                out.update(kid_mean=float(kid_mean), kid_std=float(kid_std), kid_subset_size=size)
                 self.last_kid_subset_size = size
             else:
                 warnings.warn(f"{self.ref_path} holds no real features: KID not computed (rebuild with cogdiff.metrics ref)")
             if logits is not None:
                 out.update(self._inception_score(logits))
         return out
+
+    @property
+    def inception_score_note(self) -> Optional[str]:
+        """Why results carry no Inception Score (None when the weights have logits). Front ends print
+        ``Inception Score: not computed — <note>`` and record it as ``inception_score_note``."""
+        return None if self.extractor.has_logits else IS_NOT_COMPUTED
 
     def _sqrt_ref_sigma(self, n: int) -> Optional[torch.Tensor]:
         """sqrt(reference covariance), computed once per evaluator, only when n > feature dim needs it."""
@@ -181,12 +199,18 @@ class FIDEvaluator:
             )
         return self._inception_score(self.features(images)[1])
 
-    def score_images(self, images) -> dict:
-        """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches."""
+    def score_images(self, images, progress: bool = False, total: Optional[int] = None) -> dict:
+        """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches
+        (``progress``: a tqdm bar over images; ``total`` sizes it for an iterable)."""
         t0 = time.perf_counter()
-        batches = [images] if isinstance(images, (np.ndarray, torch.Tensor)) else images
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            total = len(images)
+            step = self.inception_batch_size
+            batches = (images[i : i + step] for i in range(0, len(images), step))
+        else:
+            batches = images
         feats, logits = [], []
-        for batch in batches:
+        for batch in progress_images(batches, "Inception features", total, progress):
             f, lg = self.features(batch)
             feats.append(f)
             if lg is not None:
@@ -197,9 +221,9 @@ class FIDEvaluator:
         self.last_timings = {"inception_s": t1 - t0, "metrics_s": time.perf_counter() - t1}
         return out
 
-    def score_source(self, source: str) -> dict:
+    def score_source(self, source: str, progress: bool = False) -> dict:
         """Score an image folder or an .npz of uint8 images (see :func:`cogdiff.metrics.images.iter_source`)."""
-        return self.score_images(iter_source(source))
+        return self.score_images(iter_source(source), progress=progress, total=count_source(source) if progress else None)
 
     score_folder = score_source
 

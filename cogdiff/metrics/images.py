@@ -51,7 +51,8 @@ def load_npz_images(path: str) -> np.ndarray:
 
 
 def parse_dataset_spec(spec: str) -> dict:
-    """``dataset:kind=cifar10,root=/data/cifar10,split=train`` -> ``{"kind": "cifar10", ...}``."""
+    """``dataset:kind=cifar10,path=/data/cifar10,split=train`` -> ``{"kind": "cifar10", ...}`` (the keys are
+    :class:`cogdiff.config.DataConfig` fields: kind, path, split, resolution, limit, ...)."""
     body = spec[len(DATASET_PREFIX) :]
     cfg = {}
     for item in filter(None, body.split(",")):
@@ -60,7 +61,7 @@ def parse_dataset_spec(spec: str) -> dict:
             raise ValueError(f"bad dataset spec {spec!r}: use dataset:kind=NAME,key=value,...")
         cfg[key.strip()] = value.strip()
     if "kind" not in cfg:
-        raise ValueError(f"dataset spec {spec!r} needs kind=..., e.g. dataset:kind=cifar10,root=PATH")
+        raise ValueError(f"dataset spec {spec!r} needs kind=..., e.g. dataset:kind=cifar10,path=PATH,split=train")
     return cfg
 
 
@@ -75,7 +76,8 @@ def _spec_value(text: str):
 
 def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
     """Batches of ``cogdiff.data.build_dataset`` (a :class:`cogdiff.config.DataConfig` from ``spec``), in
-    index order, without random flips; x in [-1, 1] -> uint8 by rounding."""
+    index order, without random flips: the stored uint8 images (``ds.images``, NCHW) when the dataset
+    holds them; otherwise its [-1, 1] batches rounded back to uint8."""
     import dataclasses
 
     import torch
@@ -91,10 +93,17 @@ def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
     cfg.random_flip, cfg.keep_on_device = False, False  # reference statistics: the images as stored
     ds = build_dataset(cfg, "cpu")
     n = ds.num_examples
+    stored = getattr(ds, "images", None)
+    if not (isinstance(stored, torch.Tensor) and stored.dtype == torch.uint8 and stored.dim() == 4):
+        stored = None
     for start in range(0, n, batch_size):
-        x, _ = ds.get_batch(torch.arange(start, min(start + batch_size, n)), None)
-        x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        yield x.permute(0, 2, 3, 1).numpy()
+        end = min(start + batch_size, n)
+        if stored is not None:
+            x = stored[start:end].cpu()
+        else:
+            x, _ = ds.get_batch(torch.arange(start, end), None)
+            x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        yield x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
@@ -115,6 +124,29 @@ def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
             yield images[start : start + batch_size]
     else:
         raise FileNotFoundError(f"image source {source!r} is not a folder, an existing .npz of uint8 images, or dataset:kind=...")
+
+
+def count_source(source: str) -> Optional[int]:
+    """Number of images in a folder or .npz source without reading the pixels; None if unknown (datasets)."""
+    import zipfile
+
+    try:
+        if os.path.isdir(source):
+            return len(list_image_files(source))
+        if source.endswith(".npz") and os.path.isfile(source):
+            with zipfile.ZipFile(source) as z:
+                names = z.namelist()
+                name = "images.npy" if "images.npy" in names else (names[0] if len(names) == 1 else None)
+                if name is None:
+                    return None
+                with z.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape = read(f)[0]
+                return int(shape[0]) if shape else None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return None
 
 
 def load_source(source: str, limit: Optional[int] = None) -> np.ndarray:

