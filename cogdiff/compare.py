@@ -6,7 +6,9 @@
 Every model samples the same N images with the same per-image seeds and sampler and is scored against
 the same reference statistics. Writes OUT/compare.json (numbers + protocol: sampler, steps, N, seeds,
 commit, device, versions, reference fingerprint), OUT/compare.md, OUT/grid.png (one row per model,
-same seeds per column; the raw images in OUT/grid_images.npz) and, for run folders with fid.jsonl, OUT/fid_vs_step.png. Prints the table.
+same seeds per column; the raw images in OUT/grid_images.npz) and, for training runs with fid.jsonl (given
+as the run folder or its pipeline/ folder), OUT/fid_vs_step.png. Prints the table. Without full Inception
+weights the Inception Score is recorded as null, with the reason, and one line says so.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .sampling import PIPELINE_SUBDIR as PIPELINE_DIRNAME  # noqa: E402
+from .io import atomic_save_with, atomic_savez, atomic_write_json, atomic_write_text
+from .metrics.inception import ALLOW_UNVERIFIED_FLAG
+from .sampling import PIPELINE_SUBDIR
 
 SEED_RULE = "image i uses torch.Generator().manual_seed(cogdiff.sampling.image_seed(seed, i)) on the CPU"
 
@@ -54,13 +57,6 @@ def _versions() -> dict:
     import torchmetrics
 
     return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__, "torchmetrics": torchmetrics.__version__}
-
-
-def _write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -99,9 +95,7 @@ def save_grid(rows: Dict[str, np.ndarray], path: str, pad: int = 2, label_w: int
             im = np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
             im = np.repeat(np.repeat(im, scale, axis=0), scale, axis=1)
             canvas.paste(Image.fromarray(im), (label_w + pad + c * (w + pad), y))
-    tmp = path + ".tmp"
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_save_with(path, lambda tmp: canvas.save(tmp, format="PNG"), suffix=".png")
     return path
 
 
@@ -116,9 +110,7 @@ def plot_fid_vs_step(runs: Dict[str, List[dict]], path: str) -> Optional[str]:
     kid = {k: series(v, "kid_mean") for k, v in runs.items() if series(v, "kid_mean")[0]}
     if kid:
         panels["kid_mean"] = kid
-    tmp = path + ".tmp.png"
-    plot_curves(panels, tmp, logy=("fid",))
-    os.replace(tmp, path)
+    atomic_save_with(path, lambda tmp: plot_curves(panels, tmp, logy=("fid",)), suffix=".png")
     return path
 
 
@@ -133,20 +125,22 @@ def split_variant(spec: str) -> tuple:
 def default_label(spec: str) -> str:
     path, variant = split_variant(spec)
     name = os.path.basename(os.path.normpath(path))
-    if name == PIPELINE_DIRNAME:  # <run>/pipeline -> the run's name
+    if name == PIPELINE_SUBDIR:  # <run>/pipeline -> the run's name
         name = os.path.basename(os.path.dirname(os.path.normpath(path)))
     return name + (f"@{variant}" if variant else "")
 
 
 def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] = None, num_images: int = 10_000,
             scheduler: str = "dpm++", steps: int = 50, batch_size: int = 256, seed: int = 0, guidance_scale: float = 1.0,
-            bf16: bool = False, device=None, weights: Optional[str] = None, grid_images: int = 8, progress: bool = True, command: Optional[str] = None) -> dict:
+            bf16: bool = False, device=None, weights: Optional[str] = None, grid_images: int = 8, progress: bool = True,
+            command: Optional[str] = None, allow_unverified_weights: bool = False) -> dict:
     """Sample, score and report (see the module docstring). Returns the JSON record."""
     import torch
 
-    from .analysis.runs import read_jsonl
+    from .analysis.runs import read_jsonl, run_dir_of
     from .metrics import FIDEvaluator
-    from .sampling import PIPELINE_SUBDIR, atomic_savez, check_pipeline, load_pipeline, sample_batch
+    from .sampling import check_pipeline, load_pipeline, sample_batch
+    from .training.runlog import FID_FILE
 
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models, got {len(models)}")
@@ -157,7 +151,9 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         check_pipeline(*split_variant(spec))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
-    ev = FIDEvaluator(ref, device=device, weights=weights)
+    ev = FIDEvaluator(ref, device=device, weights=weights, allow_unverified=allow_unverified_weights)
+    if ev.inception_score_note:
+        print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
     rows, grids, curves = [], {}, {}
     for label, spec in zip(labels, models):
         model, variant = split_variant(spec)
@@ -168,14 +164,15 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         k = min(grid_images, num_images)
         grids[label] = sample_batch(pipe, range(k), steps, seed, guidance_scale, bf16)
         cfg = pipe.transformer.config
-        run_fid = read_jsonl(os.path.join(model, "fid.jsonl"))
+        run_dir = run_dir_of(model)  # a run folder or its pipeline/ folder: the run's fid.jsonl
+        run_fid = read_jsonl(os.path.join(run_dir, FID_FILE)) if run_dir else []
         if run_fid:
             curves[label] = run_fid
         rows.append(dict(model=label, path=os.path.abspath(model), weights=variant or "default (EMA for training exports)",
                          attention=cfg.attention_type,
                          attention_types=pipe.transformer.attention_types(),
                          params=sum(p.numel() for p in pipe.transformer.parameters()),
-                         is_run_dir=os.path.isdir(os.path.join(model, PIPELINE_SUBDIR)), **scores,
+                         run_dir=os.path.abspath(run_dir) if run_dir else None, **scores,
                          sample_s=round(ev.last_timings.get("sampling_s", 0.0), 3), total_s=round(elapsed, 3),
                          last_logged_fid=run_fid[-1] if run_fid else None))
         del pipe
@@ -184,7 +181,8 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
                       guidance_scale=guidance_scale, bf16=bf16, batch_size=batch_size,
                       ref_stats=os.path.abspath(ref), ref_fingerprint=ev.ref.fingerprint, ref_count=ev.ref.count,
                       ref_source=ev.ref.source, feature_extractor=ev.extractor.extractor_id,
-                      kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets),
+                      kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets,
+                      inception_score_note=ev.inception_score_note),
         commit=git_commit(), device=device_name(device), versions=_versions(),
         command=command,
         results=rows,
@@ -199,8 +197,8 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
     if plot:
         files["fid_vs_step"] = plot
     record["files"] = files
-    _write_text(files["markdown"], md)
-    _write_text(files["json"], json.dumps(record, indent=2) + "\n")
+    atomic_write_text(files["markdown"], md)
+    atomic_write_json(files["json"], record)
     print(table_markdown(rows), end="")
     return record
 
@@ -223,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--weights", default=None, help="Inception weights (full weights with logits add the Inception Score)")
+    ap.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true",
+                    help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code)")
     ap.add_argument("--grid-images", type=int, default=8, help="images per model in grid.png")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -234,7 +234,8 @@ def main(argv=None) -> int:
         compare(args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images, args.scheduler,
                 args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device, args.weights,
                 args.grid_images, progress=not args.no_progress,
-                command=" ".join(["python -m cogdiff.compare", *(sys.argv[1:] if argv is None else argv)]))
+                command=" ".join(["python -m cogdiff.compare", *(sys.argv[1:] if argv is None else argv)]),
+                allow_unverified_weights=args.allow_unverified_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from cogdiff.analysis import (
     negative_stats,
     negative_stats_table,
     query_attention_map,
+    run_dir_of,
     similarity_by_depth,
     token_similarity,
 )
@@ -254,5 +255,11 @@ def test_load_run(tmp_path):
     r = load_run(run)
     assert r.name == "r1" and r.curve("loss") == ([1, 2], [1.0, 0.5]) and r.curve("fid") == ([2], [300.0])
     assert r.pipeline_dir is None and [p.endswith("a.png") for p in r.samples] == [True]
+    (run / "pipeline").mkdir()
+    (run / "pipeline" / "model_index.json").write_text("{}")
+    via_pipeline = load_run(run / "pipeline")  # a run's pipeline/ folder resolves to the run
+    assert via_pipeline.path == str(run) and via_pipeline.name == "r1" and via_pipeline.curve("fid") == ([2], [300.0])
+    assert via_pipeline.pipeline_dir == str(run / "pipeline")
+    assert run_dir_of(run) == run_dir_of(run / "pipeline") == str(run) and run_dir_of(tmp_path / "x") is None
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "missing")

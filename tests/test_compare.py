@@ -30,10 +30,11 @@ def setup(tmp_path_factory):
             torch.manual_seed(7)
             raw = UViTModel(sample_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, attention_type=att)
             raw.save_pretrained(str(run / "pipeline" / "transformer"), variant="raw")
-    # TEST FIXTURE: a fabricated fid.jsonl (made-up numbers) for the softmax run only, as the plot's input.
-    with open(os.path.join(runs["softmax"], "fid.jsonl"), "w") as f:
-        for step, fid in [(100, 300.0), (200, 250.0), (300, 240.0)]:
-            f.write(json.dumps({"step": step, "fid": fid, "kid_mean": fid / 1000, "num_images": 8}) + "\n")
+    # TEST FIXTURE: fabricated fid.jsonl files (made-up numbers) as the plot's input.
+    for att, last in (("softmax", 300), ("cog", 200)):
+        with open(os.path.join(runs[att], "fid.jsonl"), "w") as f:
+            for step, fid in [(100, 300.0), (200, 250.0), (300, 240.0)][: last // 100]:
+                f.write(json.dumps({"step": step, "fid": fid, "kid_mean": fid / 1000, "num_images": 8}) + "\n")
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     ref = compute_ref_stats([images], InceptionFeatures(device="cpu"), source="random").save(str(root / "ref.npz"))
     return root, runs, ref
@@ -45,7 +46,9 @@ def test_compare_writes_table_json_grid_and_plot(setup, capsys):
     argv = [runs["softmax"], runs["softmax"] + "@raw", os.path.join(runs["cog"], "pipeline"), "--ref", ref, "--out", str(out),
             "-n", str(N), "--steps", "2", "--batch-size", "4", "--device", "cpu", "--grid-images", "3", "--no-progress"]
     assert compare_main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert captured.err.count("Inception Score: not computed — needs full Inception weights") == 1
     assert "| run_softmax | softmax |" in printed and "| run_softmax@raw | softmax |" in printed and "| run_cog | cog |" in printed
 
     record = json.loads((out / "compare.json").read_text())
@@ -58,10 +61,14 @@ def test_compare_writes_table_json_grid_and_plot(setup, capsys):
     assert res["softmax"]["attention"] == "softmax" and res["cog"]["attention"] == "cog"
     assert res["cog"]["attention_types"] == ["softmax", "cog", "softmax"]
     for r in res.values():
-        assert r["num_images"] == N and r["fid"] > 0 and r["kid_mean"] is not None and "inception_score" not in r
+        assert r["num_images"] == N and r["fid"] > 0 and r["kid_mean"] is not None and r["inception_score"] is None
+        assert r["kid_subset_size"] == N
     assert len({r["fid"] for r in res.values()}) == 3  # different weights, same seeds: different images
     assert res["softmax@raw"]["weights"] == "raw" and res["softmax@raw"]["last_logged_fid"]["step"] == 300
-    assert res["softmax"]["last_logged_fid"]["step"] == 300 and res["cog"]["last_logged_fid"] is None
+    assert res["softmax"]["last_logged_fid"]["step"] == 300
+    assert res["cog"]["last_logged_fid"]["step"] == 200  # given as <run>/pipeline: the run's fid.jsonl is found
+    assert res["cog"]["run_dir"] == os.path.abspath(runs["cog"])
+    assert "1008-way logits" in p["inception_score_note"]
 
     md = (out / "compare.md").read_text()
     assert "dpm++" in md and f"{res['cog']['fid']:.3f}" in md

@@ -20,7 +20,7 @@ from .measures import (
     similarity_by_depth,
     token_similarity,
 )
-from .runs import Run, load_run, load_runs, read_jsonl, repo_root, run_train_script, series
+from .runs import Run, load_run, load_runs, read_jsonl, repo_root, run_dir_of, run_train_script, series
 
 __all__ = [
     "AttentionCapture",
@@ -39,6 +39,7 @@ __all__ = [
     "query_attention_map",
     "read_jsonl",
     "repo_root",
+    "run_dir_of",
     "run_train_script",
     "series",
     "similarity_by_depth",

@@ -1,6 +1,7 @@
 """Read a training run's folder for plotting.
 
-Layout (written by the training script): ``<run>/metrics.jsonl`` (one JSON object per line with
+Layout (written by the training script; the names come from :mod:`cogdiff.training.runlog` and
+:data:`cogdiff.sampling.PIPELINE_SUBDIR`): ``<run>/metrics.jsonl`` (one JSON object per line with
 ``step`` and ``loss``, maybe more), ``<run>/fid.jsonl`` (``step`` and ``fid``), ``<run>/pipeline/``
 (a saved ``UViTPipeline``) and ``<run>/samples/`` (image files).
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+from ..latents.images import IMAGE_EXTENSIONS
+from ..sampling import PIPELINE_SUBDIR
+from ..training.runlog import FID_FILE, METRICS_FILE, SAMPLES_DIR
 
 
 def read_jsonl(path) -> List[dict]:
@@ -48,21 +51,35 @@ class Run:
         return series(self.fid if key == "fid" else self.metrics, key)
 
 
+def run_dir_of(path) -> Optional[str]:
+    """The training run folder of ``path``: ``path`` itself if it holds ``pipeline/``, its parent if
+    ``path`` is a run's ``pipeline/`` folder, else None (e.g. a pipeline saved on its own)."""
+    path = os.path.normpath(os.fspath(path))
+    if os.path.isdir(os.path.join(path, PIPELINE_SUBDIR)):
+        return path
+    if os.path.basename(path) == PIPELINE_SUBDIR:
+        return os.path.dirname(path)
+    return None
+
+
 def load_run(path, name: Optional[str] = None) -> Run:
+    """A run folder (or its ``pipeline/`` subfolder, which resolves to the run)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"run folder {path!r} does not exist")
-    pipe = os.path.join(path, "pipeline")
-    sample_dir = os.path.join(path, "samples")
+    if os.path.basename(os.path.normpath(path)) == PIPELINE_SUBDIR:
+        path = os.path.dirname(os.path.normpath(path))
+    pipe = os.path.join(path, PIPELINE_SUBDIR)
+    sample_dir = os.path.join(path, SAMPLES_DIR)
     samples = []
     if os.path.isdir(sample_dir):
         for root, _, files in os.walk(sample_dir):
-            samples += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)]
+            samples += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return Run(
         path=path,
         name=name or os.path.basename(os.path.normpath(path)),
-        metrics=read_jsonl(os.path.join(path, "metrics.jsonl")),
-        fid=read_jsonl(os.path.join(path, "fid.jsonl")),
+        metrics=read_jsonl(os.path.join(path, METRICS_FILE)),
+        fid=read_jsonl(os.path.join(path, FID_FILE)),
         pipeline_dir=pipe if os.path.isfile(os.path.join(pipe, "model_index.json")) else None,
         samples=sorted(samples),
     )
