@@ -20,13 +20,14 @@ import gzip
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .io import atomic_savez
 
 DATA_KINDS = ("cifar10", "imagefolder", "fashion_mnist", "synthetic", "latents")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -35,6 +36,9 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SYNTHETIC_DEFAULTS = dict(num_examples=512, resolution=16)
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 SUBSET_SEED = 0  # fixed seed of the ``limit`` subset (the same examples in every run)
+# Image files read by the image-folder loaders here and by the latent extraction (cogdiff.latents.images);
+# matched case-insensitively (the same list as torchvision's IMG_EXTENSIONS).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DataError(ValueError):
@@ -188,13 +192,13 @@ def load_imagefolder(cfg):
 
 def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[str]):
     """Decode ``top/<class>/*`` into (N, H, W, 3) uint8, labels and class names, through the cache."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import find_classes, make_dataset
 
     if not top.is_dir():
         raise DataError(f"image folder {top} not found: expected {top}/<class>/<image> files")
     try:
         classes, class_to_idx = find_classes(str(top))
-        samples = make_dataset(str(top), class_to_idx, extensions=IMG_EXTENSIONS)
+        samples = make_dataset(str(top), class_to_idx, extensions=IMAGE_EXTENSIONS)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"no images under {top}: expected {top}/<class>/<image> files ({str(e).splitlines()[0]})") from None
     files = [Path(p) for p, _ in samples]
@@ -217,7 +221,7 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
     images = np.stack(arrays)
     for place in places:  # the first place that takes the file
         try:
-            _atomic_savez(place / name, images=images, labels=labels, classes=np.array(classes))
+            atomic_savez(place / name, images=images, labels=labels, classes=np.array(classes))
             break
         except OSError:
             continue
@@ -243,19 +247,6 @@ def _cache_dirs(data_dir: Path, cache_dir: Optional[str]) -> List[Path]:
     parent = data_dir.parent
     writable = os.access(parent, os.W_OK) and parent.stat().st_mode & 0o222  # root ignores modes: read them too
     return [parent / ".cogdiff_cache", user] if writable else [user]
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is as readable as the data
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------- synthetic

@@ -156,3 +156,22 @@ def test_cifar10_png_shard(tmp_path):
     assert torch.allclose(mean, torch.tensor([126.02464141, 123.70850420, 114.85431865], dtype=torch.float64), atol=1e-6)
     with pytest.raises(DataError, match="holds .tar.gz shards: unpack them"):
         build_dataset(cfg(kind="cifar10", path=str(SHARED_CIFAR)))
+
+
+def test_one_image_extension_list(tmp_path):
+    from cogdiff.latents.images import IMAGE_EXTENSIONS, scan_image_folder
+
+    assert IMAGE_EXTENSIONS is data_mod.IMAGE_EXTENSIONS  # the latent extraction reads the same files
+    for i, name in enumerate(["a.png", "b.JPG", "c.ppm", "d.webp", "e.txt", "f.npz"]):
+        (tmp_path / "train" / "cls").mkdir(parents=True, exist_ok=True)
+        path = tmp_path / "train" / "cls" / name
+        if name.endswith(("txt", "npz")):
+            path.write_text("not an image")
+        else:
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(path, format={"JPG": "JPEG"}.get(name[2:].upper(), name[2:].upper()))
+    files, _, _ = scan_image_folder(str(tmp_path / "train"))
+    assert files == ["cls/a.png", "cls/b.JPG", "cls/c.ppm", "cls/d.webp"]
+    ds = build_dataset(cfg(kind="imagefolder", path=str(tmp_path), cache_dir=str(tmp_path / "cache")))
+    assert ds.num_examples == 4
+    assert [p.name for p in (tmp_path / "cache").iterdir()][0].endswith(".npz")  # no temporary left beside it
+    assert len(list((tmp_path / "cache").iterdir())) == 1

@@ -117,12 +117,13 @@ def test_interrupted_extraction_resumes_to_identical_shards(full, image_dir, vae
     with pytest.raises(ValueError, match="incomplete: run the same"):
         LatentData(str(out))
     (out / "latents_00001.npy.tmp-999").write_bytes(b"half a shard")  # a killed writer's leftover
+    (out / "notes.txt.tmp-1").write_text("not ours")  # someone else's temporary: left alone
     done = []
     m = run(image_dir, out, vae_dir, on_shard=lambda i, p: done.append(i))
     assert done == [1, 2] and m["complete"]
     for name in ["latents_00000.npy", "latents_00001.npy", "latents_00002.npy", "labels.npy", "files.txt"]:
         assert (out / name).read_bytes() == open(os.path.join(ref, name), "rb").read(), name
-    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    assert [p for p in os.listdir(out) if ".tmp-" in p] == ["notes.txt.tmp-1"]
     strip = lambda d: {k: v for k, v in d.items() if k not in VOLATILE_KEYS}  # noqa: E731
     assert strip(json.loads((out / "manifest.json").read_text())) == strip(read_manifest(ref))
     assert run(image_dir, out, vae_dir, on_shard=lambda i, p: done.append(i))["complete"] and done == [1, 2]
@@ -137,6 +138,46 @@ def test_resume_with_other_settings_is_refused(full, image_dir, vae_dir):
 def test_scaling_factor_override(image_dir, vae_dir, tmp_path):
     m = run(image_dir, tmp_path, vae_dir, scaling_factor=0.25, shift_factor=0.1, max_shards=1)
     assert m["scaling_factor"] == 0.25 and m["shift_factor"] == 0.1 and not m["complete"]
+
+
+def test_scaling_override_reaches_the_decoder(image_dir, vae_dir, tmp_path, capsys):
+    """Latents extracted with --scaling-factor/--shift-factor are decoded with those factors, whichever VAE
+    folder train.py loads (the manifest's or model.vae), in the live pipeline and in a saved one."""
+    from cogdiff.config import load_config
+    from cogdiff.models import UViTModel
+    from cogdiff.pipelines import UViTPipeline
+    from diffusers import DDIMScheduler
+
+    out = tmp_path / "lat"
+    run(image_dir, out, vae_dir, scaling_factor=0.25, shift_factor=0.1)
+    data = LatentData(str(out))
+    train = _train_module()
+    base = [f"data.path={out}", "model.num_classes=3"]
+    vaes = [train.load_vae(load_config(os.path.join(REPO, "configs", "tiny_latent.yaml"), base + extra), data, "cpu")
+            for extra in ([], [f"model.vae={vae_dir}"])]
+    for vae in [data.load_vae(), *vaes]:
+        assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.25, 0.1)  # the folder says 0.5 / None
+    x, _ = data.get_batch(torch.tensor([0]), torch.Generator().manual_seed(0))  # (z - 0.1) * 0.25
+    pipe = UViTPipeline(UViTModel(sample_size=8, in_channels=4, patch_size=2, embed_dim=16, depth=1, num_heads=1),
+                        DDIMScheduler(), vae=vaes[0])
+    pipe.save_pretrained(tmp_path / "pipe")
+    for p in (pipe, UViTPipeline.from_pretrained(tmp_path / "pipe")):
+        seen = []
+
+        def recording_decode(z, *args, _decode=p.vae.decode, **kwargs):
+            seen.append(z)
+            return _decode(z, *args, **kwargs)
+
+        p.vae.decode = recording_decode
+        p.scheduler.step = lambda out, t, sample, **k: type("S", (), {"prev_sample": x})  # the loop ends at x
+        p(batch_size=1, num_inference_steps=1, output_type="pt")
+        torch.testing.assert_close(seen[0], x / 0.25 + 0.1)  # back to the VAE's own latent space
+    # A VAE folder that is not there: one line from train.py, not a traceback.
+    capsys.readouterr()
+    assert train.main(["--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), *base, "model.vae=/nowhere/vae",
+                       f"train.output_dir={tmp_path / 'run'}", "train.batch_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no VAE at '/nowhere/vae'") and err.count("\n") == 1
 
 
 def test_latent_data_batches(full):

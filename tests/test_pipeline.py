@@ -136,20 +136,29 @@ def test_latent_path_with_tiny_vae(tmp_path):
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.18215,
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.18215, shift_factor=0.1,
     ).eval()
     model = UViTModel(**{**TINY, "in_channels": 4, "num_classes": 2, "attention_type": "cog"}).eval()
     p = UViTPipeline(model, DPMSolverMultistepScheduler(), vae=vae)
     img = p(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
             generator=torch.Generator().manual_seed(0), output_type="np").images
     assert img.shape == (2, 16, 16, 3)  # latent 8x8, VAE upsamples x2
-    # the pipeline decodes latents / scaling_factor
     lat = p(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
             generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False)
     assert lat[0].shape == (2, 3, 16, 16)
     p.save_pretrained(tmp_path)
     r = UViTPipeline.from_pretrained(tmp_path)
-    assert r.vae is not None
+    assert r.vae is not None and (r.vae.config.scaling_factor, r.vae.config.shift_factor) == (0.18215, 0.1)
+    # The VAE decodes exactly latents / scaling_factor + shift_factor, with the factors in the VAE's config
+    # (which the loader sets from a latent manifest): record the last scheduler output and the decoder input.
+    seen = {}
+    step, decode = r.scheduler.step, r.vae.decode
+    r.scheduler.step = lambda *a, **k: seen.__setitem__("final", step(*a, **k)) or seen["final"]
+    r.vae.decode = lambda z, *a, **k: seen.__setitem__("z", z.clone()) or decode(z, *a, **k)
     img2 = r(batch_size=2, num_inference_steps=2, class_labels=[0, 1], guidance_scale=1.5,
              generator=torch.Generator().manual_seed(0), output_type="np").images
     np.testing.assert_allclose(img2, img, atol=1e-6)
+    assert torch.equal(seen["z"], seen["final"].prev_sample / 0.18215 + 0.1)
+    r.vae.register_to_config(scaling_factor=0.5, shift_factor=-0.2)  # e.g. a manifest's --scaling-factor override
+    r(batch_size=2, num_inference_steps=2, class_labels=[0, 1], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen["z"], seen["final"].prev_sample / 0.5 - 0.2)

@@ -104,8 +104,11 @@ class LatentData:
         x = (stats[:, 0] + stats[:, 1] * eps - self.shift_factor) * self.scaling_factor
         return x, self.labels[idx.to(self.labels.device)].to(self.device)
 
-    def load_vae(self, precision: str = "fp32", device=None):
-        """The VAE these latents were made with (from the manifest's ``vae_path``), for decoding samples."""
+    def load_vae(self, precision: str = "fp32", device=None, path: Optional[str] = None):
+        """The VAE for decoding samples: the manifest's ``vae_path`` (or ``path``, e.g. another decoder of the
+        same encoder), with this set's ``scaling_factor``/``shift_factor`` set in its config, so the pipeline
+        decodes ``latents / scaling_factor + shift_factor`` (the inverse of :meth:`get_batch`)."""
         from .extract import load_vae
 
-        return load_vae(self.vae_path, precision, device or self.device)
+        return load_vae(path or self.vae_path, precision, device or self.device,
+                        scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..io import atomic_save_npy, atomic_write_text, sha256_file
 from . import store
 from .images import CroppedImages, class_to_index, scan_image_folder
 
@@ -23,7 +24,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 VOLATILE_KEYS = ("complete", "source_root", "vae_path")
 
 
-def _vae_dir(path: str) -> str:
+def vae_dir(path: str) -> str:
     """The folder holding the VAE's config.json: ``path`` itself, or ``path/vae`` for a full pipeline folder."""
     for candidate in (path, os.path.join(path, "vae")):
         if os.path.isfile(os.path.join(candidate, "config.json")):
@@ -34,25 +35,34 @@ def _vae_dir(path: str) -> str:
     )
 
 
-def load_vae(path: str, precision: str = "fp32", device: Optional[torch.device] = None):
-    """``AutoencoderKL.from_pretrained`` of a local folder (safetensors weights only), in eval mode."""
+def load_vae(path: str, precision: str = "fp32", device: Optional[torch.device] = None,
+             scaling_factor: Optional[float] = None, shift_factor: Optional[float] = None):
+    """``AutoencoderKL.from_pretrained`` of a local folder (safetensors weights only), in eval mode.
+
+    The one VAE loader of cogdiff (extraction, ``LatentData.load_vae``, ``train.py``). ``scaling_factor`` /
+    ``shift_factor`` (a latent manifest's) replace the folder's config values, so a pipeline holding this
+    VAE decodes ``latents / scaling_factor + shift_factor`` with the factors the latents were made with;
+    ``save_pretrained`` then writes them into ``vae/config.json``."""
     from diffusers import AutoencoderKL
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    vae = AutoencoderKL.from_pretrained(_vae_dir(path), torch_dtype=PRECISIONS[precision], use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(vae_dir(path), torch_dtype=PRECISIONS[precision], use_safetensors=True)
+    factors = {k: float(v) for k, v in (("scaling_factor", scaling_factor), ("shift_factor", shift_factor)) if v is not None}
+    if factors:
+        vae.register_to_config(**factors)
     return vae.to(device or "cpu").eval().requires_grad_(False)
 
 
 def vae_fingerprint(path: str) -> Dict[str, str]:
     """sha256 of the VAE's config.json and of its safetensors weights: identifies the encoder."""
-    folder = _vae_dir(path)
+    folder = vae_dir(path)
     weights = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
     if not weights:
         raise FileNotFoundError(f"no .safetensors weights in {folder!r}: save the VAE with save_pretrained (safetensors)")
     return {
-        "config_sha256": store.sha256_file(os.path.join(folder, "config.json")),
-        "weights_sha256": store.sha256_lines([store.sha256_file(w) for w in weights]),
+        "config_sha256": sha256_file(os.path.join(folder, "config.json")),
+        "weights_sha256": store.sha256_lines([sha256_file(w) for w in weights]),
     }
 
 
@@ -92,7 +102,7 @@ def build_manifest(data_dir, vae_path, vae, image_size, shard_size, batch_size, 
         "scaling_factor": float(scaling_factor),
         "shift_factor": float(shift_factor),
         "vae": {"class": type(vae).__name__, "downscale": downscale, **vae_fingerprint(vae_path)},
-        "vae_path": os.path.abspath(_vae_dir(vae_path)),
+        "vae_path": os.path.abspath(vae_dir(vae_path)),
         "source_root": os.path.abspath(data_dir),
         "files_sha256": store.sha256_lines([f"{f}\t{y}" for f, y in zip(files, labels)]),
         "labels_file": store.LABELS,
@@ -158,10 +168,10 @@ def extract_latents(
     old = _check_resume(out_dir, manifest) if os.path.isdir(out_dir) else None
     if state.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
-        store.remove_stale_temporaries(out_dir)
+        store.remove_stale_files(out_dir, manifest)
         if old is None or not os.path.isfile(os.path.join(out_dir, store.LABELS)):
-            store.atomic_save_npy(os.path.join(out_dir, store.LABELS), np.asarray(labels, dtype=np.int32))
-            store.atomic_write_text(os.path.join(out_dir, store.FILES), "".join(f + "\n" for f in files))
+            atomic_save_npy(os.path.join(out_dir, store.LABELS), np.asarray(labels, dtype=np.int32))
+            atomic_write_text(os.path.join(out_dir, store.FILES), "".join(f + "\n" for f in files))
         store.write_manifest(out_dir, manifest)
     state.wait_for_everyone()
 
@@ -191,7 +201,7 @@ def extract_latents(
         if not np.isfinite(out).all():
             raise FloatingPointError(f"shard {i} has non-finite latents (fp16 overflow or a broken VAE): try --precision fp32")
         path = os.path.join(out_dir, shards[i]["file"])
-        store.atomic_save_npy(path, out)
+        atomic_save_npy(path, out)
         if on_shard is not None:
             on_shard(i, path)
     bar.close()

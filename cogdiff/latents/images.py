@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from ..data import IMAGE_EXTENSIONS  # one list for every image-folder reader in cogdiff
+
+__all__ = ["IMAGE_EXTENSIONS", "CroppedImages", "center_crop_adm", "class_to_index", "load_image", "scan_image_folder"]
 
 
 def scan_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:

@@ -8,8 +8,8 @@ Directory layout::
     latents_00000.npy ...  float16 (count, 2, 2, C, H, W): [example, flip, stat, C, H, W]
                            flip 0 = the image, 1 = its horizontal mirror; stat 0 = mean, 1 = std
 
-Every file is written to a temporary name and renamed (``os.replace``), so a shard is either
-complete or absent; an interrupted extraction resumes by encoding the absent shards only.
+Every file is written through :mod:`cogdiff.io` (a temporary name, fsync, ``os.replace``), so a shard
+is either complete or absent; an interrupted extraction resumes by encoding the absent shards only.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..io import atomic_write_text, remove_stale_temporaries
+
 MANIFEST = "manifest.json"
 LABELS = "labels.npy"
 FILES = "files.txt"
@@ -28,7 +30,6 @@ FORMAT = "cogdiff-latents"
 FORMAT_VERSION = 1
 STORE_DTYPE = np.float16
 LAYOUT = "[example, flip (0 image, 1 mirrored), stat (0 mean, 1 std), C, H, W]"
-TMP_MARK = ".tmp-"
 
 
 def shard_name(index: int) -> str:
@@ -43,43 +44,6 @@ def shard_ranges(num_examples: int, shard_size: int) -> List[Dict[str, Any]]:
         {"file": shard_name(i), "start": start, "count": min(shard_size, num_examples - start)}
         for i, start in enumerate(range(0, num_examples, shard_size))
     ]
-
-
-def _tmp_path(path: str) -> str:
-    return f"{path}{TMP_MARK}{os.getpid()}"
-
-
-def _commit(tmp: str, path: str, f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    tmp = _tmp_path(path)
-    f = open(tmp, "wb")
-    try:
-        np.save(f, array, allow_pickle=False)
-        _commit(tmp, path, f)
-    except BaseException:
-        f.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = _tmp_path(path)
-    f = open(tmp, "w", encoding="utf-8")
-    try:
-        f.write(text)
-        _commit(tmp, path, f)
-    except BaseException:
-        f.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_manifest(root: str, manifest: Dict[str, Any]) -> None:
@@ -101,23 +65,11 @@ def read_manifest(root: str) -> Optional[Dict[str, Any]]:
     return manifest
 
 
-def remove_stale_temporaries(root: str) -> List[str]:
-    """Delete temporaries of our own files left by a killed run (never complete files)."""
-    removed = []
-    for name in os.listdir(root):
-        stem = name.split(TMP_MARK)[0]
-        if TMP_MARK in name and (stem.startswith("latents_") or stem in (MANIFEST, LABELS, FILES)):
-            os.remove(os.path.join(root, name))
-            removed.append(name)
-    return removed
-
-
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def remove_stale_files(root: str, manifest: Dict[str, Any]) -> List[str]:
+    """Delete temporaries of this latent set's own files (shards, manifest, labels, file list) left by a
+    killed run; complete files and anything else in ``root`` are left alone. Returns the names removed."""
+    stems = [s["file"] for s in manifest["shards"]] + [MANIFEST, LABELS, FILES]
+    return remove_stale_temporaries(root, stems=stems)
 
 
 def sha256_lines(lines: List[str]) -> str:

@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..io import atomic_write_json, atomic_write_text
 from ..models.uvit import UViTModel
 
 # diffusers' DiffusionPipeline.from_pretrained finds a pipeline class outside diffusers only through a
@@ -47,24 +48,22 @@ class UViTPipeline(DiffusionPipeline):
         (with ``trust_remote_code=True``, which diffusers demands for any module file) reloads this class."""
         super().save_pretrained(save_directory, *args, **kwargs)
         save_directory = os.fspath(save_directory)
-        with open(os.path.join(save_directory, SHIM_NAME + ".py"), "w") as f:
-            f.write(SHIM_SOURCE)
+        atomic_write_text(os.path.join(save_directory, SHIM_NAME + ".py"), SHIM_SOURCE)
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)
         index["_class_name"] = [SHIM_NAME, type(self).__name__]
-        tmp = index_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-        os.replace(tmp, index_path)
+        atomic_write_json(index_path, index, indent=2)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved folder. Our own re-export file is trusted without ``trust_remote_code``;
         a folder whose ``pipeline_uvit.py`` was changed still needs it."""
         shim = os.path.join(os.fspath(pretrained_model_name_or_path), SHIM_NAME + ".py")
-        if os.path.isfile(shim) and open(shim).read() == SHIM_SOURCE:
-            kwargs.setdefault("trust_remote_code", True)
+        if os.path.isfile(shim):
+            with open(shim, encoding="utf-8") as f:
+                if f.read() == SHIM_SOURCE:
+                    kwargs.setdefault("trust_remote_code", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _class_labels(self, class_labels, batch_size, generator, device):
