@@ -32,8 +32,10 @@ import yaml
 
 from cogdiff.config import Config, ConfigError, load_config
 from cogdiff.data import DataError, build_dataset
+from cogdiff.io import atomic_write_text
 from cogdiff.models import UViTModel, uvit_config
 from cogdiff.pipelines import UViTPipeline
+from cogdiff.sampling import make_scheduler
 from cogdiff.training import (
     EMA,
     BatchPlan,
@@ -47,7 +49,6 @@ from cogdiff.training import (
     load_training_state,
     load_weights,
     make_noise_scheduler,
-    make_sample_scheduler,
     resolve_resume,
     save_checkpoint,
     write_pipeline,
@@ -55,6 +56,10 @@ from cogdiff.training import (
 from cogdiff.training.checkpoint import TRAINING_STATE, clean_stale, restore_rng
 
 STEP_STREAM = 2  # seed stream of the per-micro-batch generators (timesteps, noise, flips, label dropout)
+# Settings besides model.* and diffusion.* that fix which examples, flips and noise each step uses: a resumed
+# run that changes one of them is no longer the run it continues (refused unless train.resume_force=true).
+RESUME_EXACT_KEYS = (("data", ("kind", "path", "split", "resolution", "limit", "random_flip")),
+                     ("train", ("seed", "batch_size", "grad_accum")))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,8 +91,16 @@ def resolve_model(cfg: Config, data) -> dict:
         if num_classes is not None and num_classes != data.num_classes:
             raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes: "
                               f"set model.num_classes={data.num_classes} (or null for an unconditional model)")
+    if cfg.model.get("vae") and cfg.data.kind != "latents":
+        raise ConfigError(f"model.vae={cfg.model['vae']} is only for latent data (data.kind=latents); remove it")
     kwargs = {k: v for k, v in cfg.model.items() if k not in ("preset", "vae")}
-    return uvit_config(cfg.model["preset"], **kwargs) if cfg.model.get("preset") else kwargs
+    try:
+        kwargs = uvit_config(cfg.model["preset"], **kwargs) if cfg.model.get("preset") else kwargs
+        with torch.device("meta"):  # checks every argument (heads, softmax_layers, ...) without allocating
+            UViTModel(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"bad model settings: {e}") from None
+    return kwargs
 
 
 def dry_run(cfg: Config) -> None:
@@ -103,33 +116,66 @@ def dry_run(cfg: Config) -> None:
     with torch.device("meta"):
         model = UViTModel(**kwargs)
     n = sum(p.numel() for p in model.parameters())
+    if cfg.model.get("vae"):
+        from cogdiff.latents.extract import vae_dir
+
+        vae_dir(cfg.model["vae"])  # FileNotFoundError (one line) when there is no VAE there
+    fid_line, ref = "off (train.fid_every=0)", cfg.train.fid_ref
+    if cfg.train.fid_every > 0:
+        fid_line = f"every {cfg.train.fid_every} steps against {ref}"
+        if not ref:
+            fid_line = f"every {cfg.train.fid_every} steps; training will stop: train.fid_ref is not set"
+        elif not Path(ref).is_file():
+            fid_line = f"every {cfg.train.fid_every} steps; training will stop: train.fid_ref={ref} not found"
     print(cfg.to_yaml(), end="")
     print(f"# data: {data_line}")
+    print(f"# fid: {fid_line}")
     print(f"# model: UViTModel with {n:,} parameters ({n / 1e6:.2f}M); blocks: {model.attention_types()}")
     print(f"# output_dir: {cfg.output_dir}")
 
 
+def _same(old, new) -> bool:
+    if old == new:
+        return True
+    return isinstance(old, str) and isinstance(new, str) and Path(old).resolve() == Path(new).resolve()  # paths
+
+
 def check_resume_config(run_config: Path, cfg: Config) -> None:
-    """A resumed run must train the same model on the same noise schedule as the run it continues."""
+    """A resumed run must train the same model on the same noise schedule as the run it continues, and (unless
+    ``train.resume_force``) on the same data, seed and batch split, or it would not repeat what the run did."""
     if not run_config.is_file():
         return
     saved = yaml.safe_load(run_config.read_text()) or {}
     now = cfg.to_dict()
-    for section in ("model", "diffusion"):
-        old, new = saved.get(section, {}), now[section]
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            raise ConfigError(f"cannot resume: {section} settings {diff} differ from {run_config}; "
-                              f"use the same settings or a new train.output_dir")
+
+    def changed(section, keys=None):
+        old, new = saved.get(section) or {}, now[section]
+        keys = sorted(set(old) | set(new)) if keys is None else keys
+        return [f"{section}.{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in keys if not _same(old.get(k), new.get(k))]
+
+    fixed = changed("model") + changed("diffusion")
+    if fixed:
+        raise ConfigError(f"cannot resume: {', '.join(fixed)} differ from {run_config}; "
+                          f"use the same settings or a new train.output_dir")
+    exact = [d for section, keys in RESUME_EXACT_KEYS for d in changed(section, keys)]
+    if exact and not cfg.train.resume_force:
+        raise ConfigError(f"cannot resume: {', '.join(exact)} differ from {run_config}, so the resumed run would not "
+                          f"repeat the original; use the same settings, a new train.output_dir, or "
+                          f"train.resume_force=true to continue anyway")
 
 
 def load_vae(cfg: Config, data, device):
-    path = cfg.model.get("vae") or getattr(data, "vae_path", None)
-    if path is None:
-        return None
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
+    """The decoding VAE of a latent run: ``model.vae`` or else the one in the latent manifest, with the
+    manifest's scaling/shift factors set in its config (what the pipeline divides/adds when decoding)."""
+    if cfg.data.kind != "latents":
+        return None  # resolve_model refuses model.vae for pixel data
+    path = cfg.model.get("vae")
+    try:
+        return data.load_vae(device=device, path=path)
+    except FileNotFoundError as e:
+        if path:
+            raise
+        raise FileNotFoundError(f"{e} (the VAE recorded in the latent manifest; set model.vae=<its folder here>)") from None
 
 
 def make_fid_evaluator(cfg: Config, device):
@@ -185,8 +231,9 @@ def train(cfg: Config) -> Path:
     num_classes = model.config.num_classes
     ema = EMA(model, tc.ema_decay, tc.ema_warmup)
     noise_scheduler = make_noise_scheduler(cfg.diffusion, latent=cfg.data.kind == "latents")
-    sample_scheduler = make_sample_scheduler(cfg.sample.scheduler, noise_scheduler)
+    sample_scheduler = make_scheduler(cfg.sample.scheduler, noise_scheduler.config)
     vae = load_vae(cfg, data, device)
+    fid = make_fid_evaluator(cfg, device) if tc.fid_every > 0 else None  # every process scores its share
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
@@ -211,12 +258,11 @@ def train(cfg: Config) -> Path:
     log = None
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
         clean_stale(ckpt_root)
         log = RunLog(out, start)
     pipeline = UViTPipeline(transformer=ema.model, scheduler=sample_scheduler, vae=vae)
     pipeline.set_progress_bar_config(disable=True)
-    fid = make_fid_evaluator(cfg, device) if tc.fid_every > 0 else None  # every process scores its share
     can_sample = vae is not None or cfg.data.kind != "latents"
     if not can_sample:
         accelerator.print("note: latent data without a VAE (model.vae): no sample grids or FID")
@@ -334,8 +380,8 @@ def main(argv=None) -> int:
             print(export_pipeline(ckpt, cfg.output_dir / "pipeline"))
             return 0
         train(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input (ConfigError, DataError, a bad VAE or FID file): one line
+        print("error: " + " ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except FloatingPointError as e:  # non-finite loss
         print(f"error: {e}", file=sys.stderr)

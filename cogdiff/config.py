@@ -30,7 +30,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAMPLE_SCHEDULER_NAMES = tuple(SCHEDULERS)
-SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpmsolver": "dpm", "euler_ancestral": "euler_a"}  # diffusers-style names
+# diffusers-style names accepted for sample.scheduler -> names in cogdiff.sampling.SCHEDULERS (the one alias
+# table; tests check every target exists there).
+SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpmsolver": "dpm++", "euler_ancestral": "euler_a"}
 MODEL_EXTRA_KEYS = ("preset", "vae")  # model-section keys that are not UViTModel arguments
 
 
@@ -89,6 +91,7 @@ class TrainConfig:
     fid_weights: Optional[str] = None  # Inception weights (None = the evaluator's default lookup)
     output_dir: Optional[str] = None  # None = runs/<name>
     resume: Optional[str] = None  # None | "latest" | a checkpoint directory
+    resume_force: bool = False  # resume even though data.* / train.seed / batch_size / grad_accum changed (not exact)
 
 
 @dataclass

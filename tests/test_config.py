@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cogdiff.config import Config, ConfigError, config_from_dict, load_config, model_type_hints
+from cogdiff.config import SCHEDULER_ALIASES, Config, ConfigError, config_from_dict, load_config, model_type_hints
+from cogdiff.sampling import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -33,6 +34,13 @@ def test_overrides_are_typed():
     assert cfg.optim.betas == [0.9, 0.95]
     assert cfg.train.resume == "latest"
     assert cfg.sample.scheduler == "dpm++"  # diffusers-style alias normalised
+
+
+def test_scheduler_aliases_name_real_schedulers():
+    assert set(SCHEDULER_ALIASES.values()) <= set(SCHEDULERS)
+    for alias, name in SCHEDULER_ALIASES.items():
+        assert load_config(CONFIGS / "tiny.yaml", [f"sample.scheduler={alias}"]).sample.scheduler == name
+    assert load_config(CONFIGS / "tiny.yaml", ["sample.scheduler=dpmsolver"]).sample.scheduler == "dpm++"
 
 
 @pytest.mark.parametrize("override, words", [
@@ -113,6 +121,7 @@ def test_dry_run_prints_config_and_size(capsys):
     out = capsys.readouterr().out
     assert "44,255,328 parameters" in out  # U-ViT-S/2: 44.3M in the paper
     assert "'softmax', 'cog'" in out and "not loaded (data.path is not set" in out
+    assert "# fid: every 50000 steps; training will stop: train.fid_ref is not set" in out
     printed = yaml.safe_load(out.split("# data:")[0])
     assert printed["model"]["attention_type"] == "cog" and printed["train"]["steps"] == 500_000
     # With data: the model's input shape comes from it.
@@ -132,3 +141,25 @@ def test_main_reports_bad_input_in_one_line(capsys):
     assert train.main(["--config", str(CONFIGS / "tiny.yaml"), "--dry-run", "data.kind=synthetic",
                        "data.resolution=16", "model.sample_size=32"]) == 2
     assert "model.sample_size=32 but the data has sample_size=16" in capsys.readouterr().err
+
+
+SYNTH = ["data.kind=synthetic", "data.resolution=16", "model.depth=2"]
+NO_LATENTS = ["data.path=/nowhere/latents", "model.sample_size=8", "model.in_channels=4"]  # the model still resolves
+
+
+@pytest.mark.parametrize("config, args, words", [
+    ("tiny", [*SYNTH, "model.preset=XL/2"], ["unknown U-ViT preset 'XL/2'"]),
+    ("tiny", [*SYNTH, "model.num_heads=3"], ["embed_dim 64 must be divisible by num_heads 3"]),
+    ("tiny", [*SYNTH, "model.softmax_layers=[99]"], ["softmax_layers [99] out of range"]),
+    ("tiny", [*SYNTH, "model.patch_size=3"], ["sample_size 16 must be divisible by patch_size 3"]),
+    ("tiny", [*SYNTH, "model.vae=/nowhere"], ["model.vae=/nowhere is only for latent data"]),
+    ("tiny_latent", [*NO_LATENTS, "model.vae=/nowhere/vae"], ["no VAE at '/nowhere/vae'"]),
+    ("tiny_latent", [*NO_LATENTS, "model.num_heads=5"], ["divisible by num_heads 5"]),  # checked without data
+])
+def test_dry_run_bad_settings_in_one_line(capsys, config, args, words):
+    train = load_train_module()
+    assert train.main(["--config", str(CONFIGS / f"{config}.yaml"), "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)

@@ -15,13 +15,10 @@ from cogdiff.data import FASHION_MNIST_DIR
 from cogdiff.pipelines import UViTPipeline
 from cogdiff.training import EMA, BatchPlan, diffusion_loss, drop_labels, list_checkpoints, make_noise_scheduler
 from cogdiff.training.checkpoint import step_of
+from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
-# A smaller model on generated 16x16 shapes, for tests of the machinery rather than of learning.
-MICRO = ["data.kind=synthetic", "data.resolution=16", "model.patch_size=4", "model.embed_dim=32", "model.depth=2",
-         "model.num_heads=2", "train.batch_size=16", "optim.warmup_steps=5", "sample.num_inference_steps=2",
-         "sample.grid_size=4", "train.sample_every=0", "train.log_every=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +39,7 @@ def train_mod():
 
 
 def micro_cfg(out, *extra):
-    return load_config(TINY_YAML, [*MICRO, f"train.output_dir={out}", *extra])
+    return load_config(TINY_YAML, [*MICRO, "train.log_every=2", f"train.output_dir={out}", *extra])
 
 
 def rows(path):
@@ -181,6 +178,41 @@ def test_batch_plan_partitions_each_global_batch():
 # --------------------------------------------------------------------------- failure paths
 
 
+def test_truncate_jsonl_drops_a_half_written_line(tmp_path):
+    from cogdiff.training.runlog import read_jsonl, truncate_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 2}\n{"step": 4}\n{"step": 6, "lo')  # SIGKILL during the append of step 6
+    assert read_jsonl(path) == [{"step": 2}, {"step": 4}]
+    truncate_jsonl(path, 10)
+    assert path.read_text() == '{"step": 2}\n{"step": 4}\n'
+    truncate_jsonl(path, 3)
+    assert path.read_text() == '{"step": 2}\n'
+    path.write_text('{"step": 2}\n{"ste\n{"step": 4}\n')  # damage in the middle is not a crash artefact: say where
+    with pytest.raises(ValueError, match="m.jsonl line 2 is not JSON"):
+        truncate_jsonl(path, 10)
+
+
+def test_bad_model_settings_stop_training_in_one_line(train_mod, tmp_path, capsys):
+    import numpy as np
+
+    def main(*extra):
+        rc = train_mod.main(["--config", str(TINY_YAML), *MICRO, f"train.output_dir={tmp_path / 'run'}", "train.steps=1",
+                             *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "unknown U-ViT preset 'XL/2'" in main("model.preset=XL/2")
+    assert "embed_dim 32 must be divisible by num_heads 3" in main("model.num_heads=3")
+    assert "softmax_layers [99] out of range" in main("model.softmax_layers=[99]")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    # Reference statistics built with other Inception weights (ValueError from cogdiff.metrics).
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(4), sigma=np.eye(4), count=np.array(10), extractor_id=np.array("some/other/extractor"))
+    assert "computed with feature extractor 'some/other/extractor'" in main("train.fid_every=1", f"train.fid_ref={ref}")
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(train_mod, tmp_path, monkeypatch):
     real, calls = train_mod.diffusion_loss, {"n": 0}
 
@@ -233,8 +265,26 @@ def test_resume_guards(train_mod, tmp_path):
     train_mod.train(micro_cfg(tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     with pytest.raises(ConfigError, match="already has checkpoints: continue with train.resume=latest"):
         train_mod.train(micro_cfg(tmp_path, "train.steps=4"))
-    with pytest.raises(ConfigError, match=r"cannot resume: model settings \['embed_dim'\] differ"):
+    with pytest.raises(ConfigError, match=r"cannot resume: model.embed_dim \(32 -> 64\) differ"):
         train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "model.embed_dim=64"))
+    with pytest.raises(ConfigError, match=r"diffusion.beta_schedule \('linear' -> 'scaled_linear'\) differ"):
+        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "diffusion.beta_schedule=scaled_linear",
+                                  "train.resume_force=true"))  # no override for the model or the noise schedule
+    # Data, seed and batch split decide which examples and noise each step uses: refused, naming every key.
+    changes = ["data.limit=64", "data.random_flip=false", "data.split=test", "train.seed=1", "train.batch_size=8",
+               "train.grad_accum=2"]
+    with pytest.raises(ConfigError) as e:
+        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", *changes))
+    msg = str(e.value)
+    assert msg.startswith("cannot resume: data.split ('train' -> 'test'), data.limit (None -> 64)") and "\n" not in msg
+    assert all(c.split("=")[0] in msg for c in changes) and "train.resume_force=true" in msg
+    # A run killed mid-append leaves half a line in metrics.jsonl; the resume drops it.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.')
+    train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "train.seed=1", "train.resume_force=true"))
+    assert [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [2, 4]
+    assert load_config(tmp_path / "config.yaml").train.seed == 1  # the run's config now says what it continued with
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         train_mod.train(micro_cfg(tmp_path, "train.steps=4", f"train.resume={tmp_path}"))
     with pytest.raises(ConfigError, match="model.num_classes=3 but the data has 4 classes"):

@@ -14,11 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import MICRO as BASE
+
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = ["data.kind=synthetic", "data.resolution=16", "model.patch_size=4", "model.embed_dim=32", "model.depth=2",
-         "model.num_heads=2", "train.batch_size=16", "optim.warmup_steps=2", "optim.lr=1e-3", "train.steps=6",
-         "train.log_every=2", "train.checkpoint_every=3", "train.sample_every=0", "sample.num_inference_steps=2",
-         "sample.grid_size=4"]
+MICRO = [*BASE, "optim.warmup_steps=2", "optim.lr=1e-3", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3"]
 # gloo on CPU: torchrun via --multi_gpu, and ACCELERATE_USE_CPU so the processes form a CPU process group.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
 

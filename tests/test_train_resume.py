@@ -18,12 +18,10 @@ from cogdiff.config import load_config
 from cogdiff.pipelines import UViTPipeline
 from cogdiff.training import list_checkpoints, load_training_state
 from cogdiff.training.checkpoint import step_of
+from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
-MICRO = ["data.kind=synthetic", "data.resolution=16", "model.patch_size=4", "model.embed_dim=32", "model.depth=2",
-         "model.num_heads=2", "train.batch_size=16", "optim.warmup_steps=5", "sample.num_inference_steps=2",
-         "sample.grid_size=4", "train.sample_every=0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # same threads in every run
 
 

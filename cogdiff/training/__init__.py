@@ -25,7 +25,7 @@ from .checkpoint import (
     save_checkpoint,
     write_pipeline,
 )
-from .diffusion import derive_seed, diffusion_loss, drop_labels, make_noise_scheduler, make_sample_scheduler
+from .diffusion import derive_seed, diffusion_loss, drop_labels, make_noise_scheduler
 from .ema import EMA
 from .runlog import RunLog, gpu_memory_gb
 
@@ -43,7 +43,6 @@ __all__ = [
     "load_training_state",
     "load_weights",
     "make_noise_scheduler",
-    "make_sample_scheduler",
     "resolve_resume",
     "save_checkpoint",
     "write_pipeline",

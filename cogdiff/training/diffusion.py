@@ -1,4 +1,4 @@
-"""The diffusion pieces of training: noise schedule, sampling scheduler, loss, per-step seeds."""
+"""The diffusion pieces of training: noise schedule, loss, per-step seeds (sampling schedulers: cogdiff.sampling)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-
-from ..sampling import SCHEDULERS, make_scheduler
 
 
 def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
@@ -23,11 +21,6 @@ def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
         prediction_type=cfg_diffusion.prediction_type,
         clip_sample=clip,
     )
-
-
-def make_sample_scheduler(name: str, noise_scheduler: DDPMScheduler):
-    """A sampling scheduler (a name in ``cogdiff.sampling.SCHEDULERS``, e.g. ``"dpm++"``) on the training betas."""
-    return make_scheduler(name, noise_scheduler.config)
 
 
 def derive_seed(*keys: int) -> int:

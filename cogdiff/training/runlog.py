@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from ..io import atomic_save_with, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 FID_FILE = "fid.jsonl"
@@ -17,16 +18,35 @@ SAMPLES_DIR = "samples"
 GRID_NAME = "step_{:07d}.png"
 
 
+def _parsed_lines(path: Path, text: str) -> List[Tuple[str, dict]]:
+    """(line, row) for each line of the JSON-lines log ``text`` (read from ``path``). A last line that does
+    not parse (half-written when the run was killed mid-append) is left out; a bad line anywhere else
+    raises ValueError naming it."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is not JSON ({line[:40]!r}): fix or delete that line") from None
+    return out
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    """The rows of a JSON-lines log, without a half-written last line."""
+    return [row for _, row in _parsed_lines(path, Path(path).read_text())]
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows with ``step > last_step`` (logged by a run that was killed after its last checkpoint)."""
+    """Drop rows with ``step > last_step`` (logged by a run that was killed after its last checkpoint) and a
+    half-written last line. The file is rewritten atomically, only when something is dropped."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in rows if json.loads(line)["step"] <= last_step]
-    if len(keep) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+    text = path.read_text()
+    keep = "".join(line + "\n" for line, row in _parsed_lines(path, text) if row["step"] <= last_step)
+    if keep != text:
+        atomic_write_text(path, keep)
 
 
 class RunLog:
@@ -69,9 +89,8 @@ class RunLog:
         nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
         grid = make_grid(images.float().cpu(), nrow=nrow, padding=1, pad_value=1.0)  # (3, H', W')
         path = self.dir / SAMPLES_DIR / GRID_NAME.format(step)
-        path.parent.mkdir(parents=True, exist_ok=True)
         array = to_uint8(grid[None])[0]  # (H', W', 3) uint8
-        Image.fromarray(array).save(path)
+        atomic_save_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
         self.tb.add_image("samples", array, step, dataformats="HWC")
         self.tb.flush()
         return path
