@@ -11,9 +11,9 @@ VENV=${VENV:-.venv}
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-      || echo "setup: could not install dataset-fashion-mnist; the demo falls back to generated data" >&2
+      || echo "setup: could not install dataset-fashion-mnist; run the demo with --data synthetic" >&2
   else
-    echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the demo's default dataset" >&2
+    echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the demo's default dataset (or: demo --data synthetic)" >&2
   fi
 fi
 
