@@ -229,13 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .metrics.cli import one_line_warnings
+
     args = build_parser().parse_args(argv)
+    command = " ".join(["python -m cogdiff.compare", *(sys.argv[1:] if argv is None else argv)])
     try:
-        compare(args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images, args.scheduler,
-                args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device, args.weights,
-                args.grid_images, progress=not args.no_progress,
-                command=" ".join(["python -m cogdiff.compare", *(sys.argv[1:] if argv is None else argv)]),
-                allow_unverified_weights=args.allow_unverified_weights)
+        with one_line_warnings():
+            compare(args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images,
+                    args.scheduler, args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device,
+                    args.weights, args.grid_images, progress=not args.no_progress, command=command,
+                    allow_unverified_weights=args.allow_unverified_weights)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

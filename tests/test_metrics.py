@@ -259,7 +259,7 @@ def test_exact_fp32_restores_flags_on_error():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def test_pytorch_fid_style_stats_warn_and_have_no_kid(tmp_path, ref_path, feats_by_noise):
+def test_pytorch_fid_style_stats_warn_and_have_no_kid(tmp_path, ref_path, feats_by_noise, images, capsys):
     ours = RefStats.load(ref_path)
     plain = tmp_path / "pytorch_fid_stats.npz"
     np.savez(plain, mu=ours.mu, sigma=ours.sigma)  # what pytorch-fid writes: no extractor, no features
@@ -268,6 +268,11 @@ def test_pytorch_fid_style_stats_warn_and_have_no_kid(tmp_path, ref_path, feats_
     with pytest.warns(UserWarning, match="KID not computed"):
         out = ev.score_features(feats_by_noise[0.0])
     assert abs(out["fid"]) < 1e-2 and out["kid_mean"] is None and out["kid_subset_size"] is None
+    np.savez(tmp_path / "imgs.npz", images=images[:3])
+    assert metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", str(plain), "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if ln.startswith("warning: ") and "preprocessing may differ" in ln]
+    assert not [ln for ln in err if "warnings.warn" in ln or ln.startswith("  ")]  # one line per warning
 
 
 

@@ -18,6 +18,7 @@ import sys
 
 from ..io import atomic_write_text
 from .evaluator import DEFAULT_INCEPTION_BATCH
+from .cli import one_line_warnings
 from .inception import ALLOW_UNVERIFIED_FLAG
 from .stats import DEFAULT_KID_FEATURES
 
@@ -48,36 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args) -> None:
     from .evaluator import FIDEvaluator
     from .images import count_source, iter_source
     from .inception import InceptionFeatures
     from .stats import ensure_ref_stats
 
     progress = not args.no_progress
+    if args.cmd == "ref":
+        extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
+        existed = os.path.isfile(args.out)
+        stats = ensure_ref_stats(args.out, lambda: iter_source(args.source, args.batch_size), extractor, source=args.source,
+                                 force=args.force, max_kid_features=args.kid_features, progress=progress,
+                                 total=count_source(args.source) if progress else None)
+        verb = "up to date" if existed and not args.force else "wrote"
+        print(f"{verb} {args.out}: {stats.count} images, fingerprint {stats.fingerprint[:16]}, {stats.extractor_id}")
+        return
+    ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size,
+                      allow_unverified=args.allow_unverified_weights)
+    out = ev.score_source(args.source, progress=progress)
+    if ev.inception_score_note:
+        out["inception_score_note"] = ev.inception_score_note
+        print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
+    out.update(ref_stats=args.ref, ref_fingerprint=ev.ref.fingerprint, extractor_id=ev.extractor.extractor_id, source=args.source)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        atomic_write_text(args.json, text + "\n")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.cmd == "ref":
-            extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
-            existed = os.path.isfile(args.out)
-            stats = ensure_ref_stats(args.out, lambda: iter_source(args.source, args.batch_size), extractor, source=args.source,
-                                     force=args.force, max_kid_features=args.kid_features, progress=progress,
-                                     total=count_source(args.source) if progress else None)
-            verb = "up to date" if existed and not args.force else "wrote"
-            print(f"{verb} {args.out}: {stats.count} images, fingerprint {stats.fingerprint[:16]}, {stats.extractor_id}")
-        else:
-            ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size,
-                              allow_unverified=args.allow_unverified_weights)
-            out = ev.score_source(args.source, progress=progress)
-            if ev.inception_score_note:
-                out["inception_score_note"] = ev.inception_score_note
-                print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
-            out.update(ref_stats=args.ref, ref_fingerprint=ev.ref.fingerprint, extractor_id=ev.extractor.extractor_id,
-                       source=args.source)
-            text = json.dumps(out, indent=2)
-            print(text)
-            if args.json:
-                atomic_write_text(args.json, text + "\n")
+        with one_line_warnings():
+            _run(args)
     except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
