@@ -14,7 +14,6 @@ weights the Inception Score is recorded as null, with the reason, and one line s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
