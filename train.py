@@ -35,7 +35,7 @@ from cogdiff.data import DataError, build_dataset
 from cogdiff.io import atomic_write_text
 from cogdiff.models import UViTModel, uvit_config
 from cogdiff.pipelines import UViTPipeline
-from cogdiff.sampling import make_scheduler
+from cogdiff.sampling import PIPELINE_SUBDIR, make_scheduler
 from cogdiff.training import (
     EMA,
     BatchPlan,
@@ -345,7 +345,7 @@ def train(cfg: Config) -> Path:
                                         num_inference_steps=cfg.sample.num_inference_steps, seed=cfg.sample.seed,
                                         guidance_scale=cfg.sample.guidance_scale, bf16=tc.mixed_precision == "bf16")
             if is_main:
-                log.fid({"step": done, **{k: result[k] for k in ("fid", "kid_mean", "kid_std", "num_images")},
+                log.fid({"step": done, **{k: result[k] for k in ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")},
                          "num_inference_steps": cfg.sample.num_inference_steps, "scheduler": cfg.sample.scheduler,
                          "ema": True})
         if do_sample or do_fid:
@@ -359,7 +359,7 @@ def train(cfg: Config) -> Path:
     if is_main:
         found = list_checkpoints(ckpt_root)
         if found:
-            export_pipeline(found[-1], out / "pipeline")
+            export_pipeline(found[-1], out / PIPELINE_SUBDIR)
         log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
             ckpt = resolve_resume(args.export, cfg.output_dir / "checkpoints")
             if ckpt is None:
                 raise ConfigError(f"no checkpoint under {cfg.output_dir / 'checkpoints'} to export")
-            print(export_pipeline(ckpt, cfg.output_dir / "pipeline"))
+            print(export_pipeline(ckpt, cfg.output_dir / PIPELINE_SUBDIR))
             return 0
         train(cfg)
     except (ValueError, OSError) as e:  # bad input (ConfigError, DataError, a bad VAE or FID file): one line

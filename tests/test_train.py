@@ -243,7 +243,7 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
         def score_pipeline(self, pipeline, num_images, batch_size, num_inference_steps, seed=0, **kw):
             img = pipeline(batch_size=2, num_inference_steps=num_inference_steps, class_labels=[0, 3], output_type="pt").images
             calls.append(("score", num_images, batch_size, num_inference_steps, pipeline.transformer.training, tuple(img.shape)))
-            return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "num_images": num_images}
+            return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": num_images}
 
     monkeypatch.setattr(cogdiff.metrics, "FIDEvaluator", FakeEvaluator)
     cfg = micro_cfg(tmp_path, "model.num_classes=4", "train.grad_accum=2", "train.steps=6", "train.fid_every=3",
@@ -254,7 +254,8 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
     assert calls[1] == ("score", 8, 4, 2, False, (2, 3, 16, 16))  # the EMA copy (eval mode) is sampled
     fid = rows(tmp_path / "fid.jsonl")
     assert [r["step"] for r in fid] == [3, 6] and fid[0]["fid"] == 12.0
-    assert fid[0] == {"step": 3, "fid": 12.0, "kid_mean": 0.5, "kid_std": 0.1, "num_images": 8, "num_inference_steps": 2,
+    assert fid[0] == {"step": 3, "fid": 12.0, "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": 8,
+                      "num_inference_steps": 2,
                       "scheduler": "dpm++", "ema": True}
     assert UViTPipeline.from_pretrained(tmp_path / "pipeline").transformer.config.num_classes == 4
     with pytest.raises(ConfigError, match="train.fid_ref"):
