@@ -1,8 +1,8 @@
 """``python -m cogdiff.metrics ref|calc``: build reference statistics; score an image folder / .npz.
 
-    python -m cogdiff.metrics ref ../shared/data/cifar10/train --out stats/cifar10_train.npz
+    python -m cogdiff.metrics ref /data/cifar10/train --out stats/cifar10_train.npz
     python -m cogdiff.metrics ref dataset:kind=fashion_mnist,split=train --out stats/fmnist.npz
-    python -m cogdiff.metrics ref dataset:kind=cifar10,path=../shared/data/cifar10,split=train --out stats/c10.npz
+    python -m cogdiff.metrics ref dataset:kind=cifar10,path=/data/cifar10,split=train --out stats/c10.npz
     python -m cogdiff.metrics calc samples/images.npz --ref stats/cifar10_train.npz --json scores.json
 
 Dataset sources take cogdiff.config.DataConfig fields: dataset:kind=NAME,path=PATH,split=train|test,limit=N,...
