@@ -77,6 +77,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False  # torch.compile the model (inductor)
     gradient_checkpointing: bool = False
+    cog_impl: str = "auto"  # Cog attention implementation in training: auto | reference | a registered kernel (triton)
     seed: int = 0
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # decay_n = min(ema_decay, (1 + n) / (10 + n)) after n updates

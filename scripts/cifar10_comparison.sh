@@ -5,9 +5,11 @@
 #   bash scripts/cifar10_comparison.sh DATA OUT [key=value ...]
 #
 # DATA: the CIFAR-10 ImageFolder copy (DATA/train/<class>/*.png, DATA/test/...). OUT: everything goes here
-# (stats/, runs/{softmax,cog}/, logs/, compare_ema/, compare_raw/, test_split_fid.json). Extra key=value
+# (stats/, runs/{softmax,cog}/, logs/, compare_ema/, compare_raw/, test_split_fid.json, and the summary of it all
+# in report/ from python -m cogdiff.report: summary.md, results.json, curves.png, samples.png). Extra key=value
 # overrides go to both training runs. Environment (defaults in brackets): STEPS [20000], SEED [0],
-# FID_EVERY [2500], FID_N [2000] (FID during training), N_FINAL [10000] (final FID), PYTHON [python3].
+# FID_EVERY [2500], FID_N [2000] (FID during training), N_FINAL [10000] (final FID), PYTHON [python3],
+# COMMIT (the code's commit for the report, where the checkout has no .git).
 # With two or more GPUs visible the two models train at the same time, one per GPU (and the EMA and raw
 # evaluations run side by side); with one GPU or none, one after the other. Re-running the same command
 # continues: training resumes from the latest checkpoint (train.resume=latest), the reference statistics
@@ -71,4 +73,6 @@ raw="[ -f $OUT/compare_raw/compare.json ] || $PY -m cogdiff.compare $OUT/runs/so
 --labels softmax@raw,cog@raw --out $OUT/compare_raw $eval_args"
 say "evaluating: FID-$N_FINAL (DPM-Solver++ 50 steps) of EMA and raw weights; test-split floor"
 run_jobs eval_ema "$ema && $floor" eval_raw "$raw"
-say "done: $OUT/compare_ema/compare.md, $OUT/compare_raw/compare.md, $OUT/test_split_fid.json"
+$PY -m cogdiff.report "$OUT" --dest "$OUT/report" ${COMMIT:+--commit "$COMMIT"} \
+    --command "STEPS=$STEPS SEED=$SEED FID_EVERY=$FID_EVERY FID_N=$FID_N N_FINAL=$N_FINAL bash scripts/cifar10_comparison.sh $DATA $OUT $*"
+say "done: $OUT/report/summary.md (results.json, curves.png, samples.png beside it)"

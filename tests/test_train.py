@@ -206,11 +206,33 @@ def test_bad_model_settings_stop_training_in_one_line(train_mod, tmp_path, capsy
     assert "unknown U-ViT preset 'XL/2'" in main("model.preset=XL/2")
     assert "embed_dim 32 must be divisible by num_heads 3" in main("model.num_heads=3")
     assert "softmax_layers [99] out of range" in main("model.softmax_layers=[99]")
+    assert "train.cog_impl='flash9' is not available here; choose one of auto, reference" in main("train.cog_impl=flash9")
     assert not (tmp_path / "run").exists()  # refused before anything is written
     # Reference statistics built with other Inception weights (ValueError from cogdiff.metrics).
     ref = tmp_path / "ref.npz"
     np.savez(ref, mu=np.zeros(4), sigma=np.eye(4), count=np.array(10), extractor_id=np.array("some/other/extractor"))
     assert "computed with feature extractor 'some/other/extractor'" in main("train.fid_every=1", f"train.fid_ref={ref}")
+
+
+def test_cog_impl_choice_reaches_training_and_the_ema(train_mod, tmp_path):
+    """train.cog_impl routes every Cog block (training model and the EMA copy that samples) to that implementation."""
+    from cogdiff.attention import cog_attention, register_cog_impl, unregister_cog_impl
+
+    calls = {"n": 0}
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+        calls["n"] += 1
+        return cog_attention(q, k, v, attn_mask, dropout_p, scale, impl="reference")
+
+    register_cog_impl("spy", spy)
+    try:
+        cfg = micro_cfg(tmp_path, "model.attention_type=cog", "model.softmax_layers=[]", "train.steps=2",
+                        "train.cog_impl=spy", "train.sample_every=2")
+        train_mod.train(cfg)
+    finally:
+        unregister_cog_impl("spy")
+    # 2 blocks x (2 training forwards + at least 2 sampling steps of the EMA model for the final grid)
+    assert calls["n"] >= 2 * (2 + 2)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(train_mod, tmp_path, monkeypatch):
