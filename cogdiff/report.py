@@ -35,14 +35,16 @@ def training_summary(metrics: List[dict], fid: List[dict]) -> dict:
     if not metrics:
         raise ValueError("no metrics.jsonl rows: is this a finished training run?")
     last = metrics[-1]["step"]
-    # The first window includes compilation; train.py already leaves FID/grid/checkpoint time out of each window.
+    # The first window includes compilation (so does the first after a resume: the median shrugs one off);
+    # train.py already leaves FID/grid/checkpoint time out of each window.
     rates = [r["images_per_s"] for r in metrics[1:] if "images_per_s" in r] or [metrics[0].get("images_per_s", 0.0)]
     q = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
     tail = [r["loss"] for r in metrics if r["step"] > last - LOSS_TAIL_STEPS]
     mem = [r["gpu_mem_gb"] for r in metrics if "gpu_mem_gb" in r]
     return dict(steps=last, images_per_s_median=statistics.median(rates), images_per_s_iqr=[q[0], q[2]],
                 log_windows=len(rates), final_loss=statistics.fmean(tail), final_loss_steps=LOSS_TAIL_STEPS,
-                peak_gpu_mem_gb=max(mem) if mem else None,
+                peak_gpu_mem_gb=max(mem) if mem else None,  # as logged: includes in-loop FID sampling, if any
+                peak_gpu_mem_gb_first_window=mem[0] if mem else None,  # before any in-loop evaluation
                 fid_during_training=[{k: r.get(k) for k in ("step", "fid", "kid_mean", "kid_std", "num_images")} for r in fid])
 
 
@@ -69,8 +71,14 @@ def paired_loss(base: List[dict], other: List[dict], start_step: float) -> Optio
     d = [r["loss"] - a[r["step"]] for r in other if r["step"] in a]
     if not d:
         return None
-    return dict(from_step=int(start_step), windows=len(d), mean_diff=statistics.fmean(d),
-                rel_mean_diff=statistics.fmean(d) / statistics.fmean(a.values()), share_higher=sum(x > 0 for x in d) / len(d))
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    # Neighbouring windows are correlated (the weights change slowly): lag-1 autocorrelation says how far
+    # the windows are from independent repeats; they are not a count of independent tests.
+    var = sum((x - mean) ** 2 for x in d)
+    lag1 = sum((x - mean) * (y - mean) for x, y in zip(d, d[1:])) / var if var > 0 else None
+    return dict(from_step=int(start_step), windows=len(d), mean_diff=mean, sd_diff=sd, lag1_autocorr=lag1,
+                rel_mean_diff=mean / statistics.fmean(a.values()), share_higher=sum(x > 0 for x in d) / len(d))
 
 
 def _fmt(v, nd=2) -> str:
@@ -96,7 +104,8 @@ def summary_markdown(rec: dict) -> str:
     for name, pl in rec.get("paired_loss", {}).items():
         lines += ["", f"Paired training loss, {name} vs {next(iter(models))} (same images, noise and timesteps per step), "
                       f"{pl['windows']} log windows after step {pl['from_step']}: mean difference {pl['mean_diff']:+.5f} "
-                      f"({pl['rel_mean_diff']:+.1%}), {name} higher in {pl['share_higher']:.0%} of them."]
+                      f"({pl['rel_mean_diff']:+.1%}; SD {pl['sd_diff']:.5f}), {name} higher in {pl['share_higher']:.0%} of them "
+                      f"(lag-1 autocorrelation {_fmt(pl['lag1_autocorr'])}: neighbouring windows are not independent)."]
     if floor:
         lines += ["", f"Metric floor: FID of the {floor['num_images']} CIFAR-10 test images against the same reference = "
                       f"{floor['fid']:.2f} (KID x1e3 {1e3 * floor['kid_mean']:.2f})."]
@@ -145,8 +154,13 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
     if not os.path.isfile(ema_json):
         raise FileNotFoundError(f"{ema_json} not found: run the evaluation step of scripts/cifar10_comparison.sh first")
     runs_dir = os.path.join(out, "runs")
-    names = sorted(os.listdir(runs_dir), key=lambda n: (n != "softmax", n))  # the baseline first
+    names = sorted((n for n in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, n, METRICS_FILE))),
+                   key=lambda n: (n != "softmax", n))  # training runs only, the baseline first
+    if len(names) < 2:
+        raise ValueError(f"{runs_dir} holds {len(names)} training run(s) with {METRICS_FILE}; a comparison needs two or more")
     ema, raw = _final_scores(ema_json), _final_scores(os.path.join(out, "compare_raw", "compare.json"))
+    if set(ema) != set(names):
+        raise ValueError(f"{ema_json} scores {sorted(ema)} but {runs_dir} holds {sorted(names)}: the compare labels must be the run folder names")
     os.makedirs(dest, exist_ok=True)
     models, grids, configs = {}, {}, {}
     curves = {"loss": {}, f"loss (last {1 - LATE_FRACTION:.0%} of steps)": {}, "fid (EMA, during training)": {}}
@@ -162,7 +176,8 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
         curves["loss"][name], curves["fid (EMA, during training)"][name] = (steps, loss), series(fid, "fid")
         curves[f"loss (last {1 - LATE_FRACTION:.0%} of steps)"][name] = ([steps[i] for i in late], [loss[i] for i in late])
         for fname in (METRICS_FILE, FID_FILE, "config.yaml"):
-            shutil.copyfile(os.path.join(run, fname), os.path.join(dest, f"{name}_{fname}"))
+            if os.path.isfile(os.path.join(run, fname)):  # no fid.jsonl when FID during training was off
+                shutil.copyfile(os.path.join(run, fname), os.path.join(dest, f"{name}_{fname}"))
         sample_dir = os.path.join(run, SAMPLES_DIR)
         pngs = sorted(f for f in os.listdir(sample_dir) if f.endswith(".png")) if os.path.isdir(sample_dir) else []
         if pngs:
@@ -175,7 +190,7 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
     ema_rec, raw_rec = _record(ema_json), _record(os.path.join(out, "compare_raw", "compare.json"))
     rec = dict(title=title or default_title(configs), commit=commit, gpu=gpu or ema_rec.get("device"), versions=ema_rec.get("versions"),
                protocol=ema_rec["protocol"], models=models, test_split_floor=floor,
-               commands=[*commands, ema_rec.get("command"), raw_rec and raw_rec.get("command")])
+               commands=[c for c in (*commands, ema_rec.get("command"), raw_rec and raw_rec.get("command")) if c])
     files = {"summary": "summary.md", "curves": "curves.png"}
     atomic_save_with(os.path.join(dest, files["curves"]),
                      lambda tmp: plot_curves(curves, tmp, logy=("loss", "fid (EMA, during training)")), suffix=".png")
@@ -211,7 +226,7 @@ def main(argv=None) -> int:
 
     try:
         rec = report(args.out, args.dest, args.commit or git_commit(), args.gpu, args.command)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary_markdown(rec), end="")

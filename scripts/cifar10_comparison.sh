@@ -13,7 +13,7 @@
 # With two or more GPUs visible the two models train at the same time, one per GPU (and the EMA and raw
 # evaluations run side by side); with one GPU or none, one after the other. Re-running the same command
 # continues: training resumes from the latest checkpoint (train.resume=latest), the reference statistics
-# are reused, finished evaluations are kept.
+# are reused, and evaluations made for the same STEPS, N_FINAL and SEED are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
@@ -22,57 +22,68 @@ if [ $# -lt 2 ]; then
 fi
 DATA=$1 OUT=$2
 shift 2
+OVERRIDES=("$@")
 [ -d "$DATA/train" ] || { echo "error: $DATA/train not found: pass the unpacked CIFAR-10 folder (tar xzf train-*.tar.gz)" >&2; exit 2; }
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-20000} SEED=${SEED:-0} FID_EVERY=${FID_EVERY:-2500} FID_N=${FID_N:-2000} N_FINAL=${N_FINAL:-10000}
-NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+IFS=, read -r -a VISIBLE <<<"${CUDA_VISIBLE_DEVICES-}"  # job i gets the i-th visible GPU (or GPU i)
 REF=$OUT/stats/cifar10_train.npz
 mkdir -p "$OUT/logs" "$OUT/stats"
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
-# gpu I: CUDA_VISIBLE_DEVICES for job I (0, 1, ...) when the jobs run side by side, else all as they are.
-gpu() { if [ "$NGPU" -ge 2 ]; then echo "$1"; else echo "${CUDA_VISIBLE_DEVICES-}"; fi; }
-# run_jobs NAME CMD NAME CMD ...: side by side (one GPU each) with >= 2 GPUs, else in turn; fails if any fails.
+# run_jobs NAME ...: runs the shell functions NAME side by side, one GPU each, with >= 2 GPUs, else in turn;
+# output to OUT/logs/NAME.log; fails if any fails.
 run_jobs() {
-    local pids=() names=() i=0
-    while [ $# -gt 0 ]; do
-        local name=$1 cmd=$2
-        shift 2
+    local pids=() names=() i=0 name
+    for name in "$@"; do
         say "start $name -> $OUT/logs/$name.log"
         if [ "$NGPU" -ge 2 ]; then
-            CUDA_VISIBLE_DEVICES=$(gpu $i) bash -c "$cmd" >"$OUT/logs/$name.log" 2>&1 &
+            (export CUDA_VISIBLE_DEVICES="${VISIBLE[$i]:-$i}"; "$name") >"$OUT/logs/$name.log" 2>&1 &
             pids+=($!) names+=("$name")
         else
-            bash -c "$cmd" >"$OUT/logs/$name.log" 2>&1 || { say "FAILED $name (see $OUT/logs/$name.log)"; return 1; }
+            "$name" >"$OUT/logs/$name.log" 2>&1 || { say "FAILED $name (see $OUT/logs/$name.log)"; return 1; }
         fi
         i=$((i + 1))
     done
-    local failed=0
+    local failed=0 j
     for j in "${!pids[@]}"; do
         wait "${pids[$j]}" || { say "FAILED ${names[$j]} (see $OUT/logs/${names[$j]}.log)"; failed=1; }
     done
     return $failed
 }
 
+train_model() {  # NAME: configs/cifar10_uvit_s2_NAME.yaml -> OUT/runs/NAME (resumes from its latest checkpoint)
+    "$PY" train.py --config "configs/cifar10_uvit_s2_$1.yaml" "data.path=$DATA" "train.steps=$STEPS" "train.seed=$SEED" \
+        train.compile=true train.ema_warmup=true "train.fid_every=$FID_EVERY" "train.fid_num_images=$FID_N" \
+        "train.fid_ref=$REF" train.checkpoint_every=5000 train.resume=latest "${OVERRIDES[@]}" "train.output_dir=$OUT/runs/$1"
+}
+train_softmax() { train_model softmax; }
+train_cog() { train_model cog; }
+
+# An evaluation is redone unless OUT/<dir>/done holds the same key (steps, N, seed) as now.
+KEY="steps=$STEPS n=$N_FINAL seed=$SEED"
+fresh() { [ -f "$OUT/$1/done" ] && [ "$(cat "$OUT/$1/done")" = "$KEY" ]; }
+compare_pair() {  # DIR SUFFIX: FID/KID of both runs (SUFFIX @raw = raw weights) -> OUT/DIR, same seeds and sampler
+    fresh "$1" && return 0
+    "$PY" -m cogdiff.compare "$OUT/runs/softmax$2" "$OUT/runs/cog$2" --labels softmax,cog --out "$OUT/$1" --ref "$REF" \
+        -n "$N_FINAL" --scheduler dpm++ --steps 50 --batch-size 500 --bf16 --grid-images 16 --no-progress \
+        && echo "$KEY" >"$OUT/$1/done"
+}
+test_floor() {  # the metric's floor: the CIFAR-10 test images against the train statistics
+    [ -f "$OUT/test_split_fid.json" ] && return 0
+    "$PY" -m cogdiff.metrics calc "dataset:kind=cifar10,path=$DATA,split=test" --ref "$REF" --json "$OUT/test_split_fid.json" --no-progress
+}
+eval_ema() { compare_pair compare_ema "" && test_floor; }
+eval_raw() { compare_pair compare_raw @raw; }
+
 say "reference statistics: CIFAR-10 train ($REF)"
-$PY -m cogdiff.metrics ref "dataset:kind=cifar10,path=$DATA,split=train" --out "$REF" --no-progress
-
-common="data.path=$DATA train.steps=$STEPS train.seed=$SEED train.compile=true train.ema_warmup=true \
-train.fid_every=$FID_EVERY train.fid_num_images=$FID_N train.fid_ref=$REF train.checkpoint_every=5000 \
-train.resume=latest $*"
+"$PY" -m cogdiff.metrics ref "dataset:kind=cifar10,path=$DATA,split=train" --out "$REF" --no-progress
 say "training $STEPS steps each, seed $SEED, on $NGPU GPU(s)"
-run_jobs train_softmax "$PY train.py --config configs/cifar10_uvit_s2_softmax.yaml $common train.output_dir=$OUT/runs/softmax" \
-         train_cog "$PY train.py --config configs/cifar10_uvit_s2_cog.yaml $common train.output_dir=$OUT/runs/cog"
-
-eval_args="--ref $REF -n $N_FINAL --scheduler dpm++ --steps 50 --batch-size 500 --bf16 --grid-images 16 --no-progress"
-floor="[ -f $OUT/test_split_fid.json ] || $PY -m cogdiff.metrics calc dataset:kind=cifar10,path=$DATA,split=test \
---ref $REF --json $OUT/test_split_fid.json --no-progress"
-ema="[ -f $OUT/compare_ema/compare.json ] || $PY -m cogdiff.compare $OUT/runs/softmax $OUT/runs/cog --labels softmax,cog \
---out $OUT/compare_ema $eval_args"
-raw="[ -f $OUT/compare_raw/compare.json ] || $PY -m cogdiff.compare $OUT/runs/softmax@raw $OUT/runs/cog@raw \
---labels softmax@raw,cog@raw --out $OUT/compare_raw $eval_args"
+run_jobs train_softmax train_cog
 say "evaluating: FID-$N_FINAL (DPM-Solver++ 50 steps) of EMA and raw weights; test-split floor"
-run_jobs eval_ema "$ema && $floor" eval_raw "$raw"
-$PY -m cogdiff.report "$OUT" --dest "$OUT/report" ${COMMIT:+--commit "$COMMIT"} \
-    --command "STEPS=$STEPS SEED=$SEED FID_EVERY=$FID_EVERY FID_N=$FID_N N_FINAL=$N_FINAL bash scripts/cifar10_comparison.sh $DATA $OUT $*"
+run_jobs eval_ema eval_raw
+printf -v CMD '%q ' bash scripts/cifar10_comparison.sh "$DATA" "$OUT" "${OVERRIDES[@]}"
+"$PY" -m cogdiff.report "$OUT" --dest "$OUT/report" ${COMMIT:+--commit "$COMMIT"} \
+    --command "STEPS=$STEPS SEED=$SEED FID_EVERY=$FID_EVERY FID_N=$FID_N N_FINAL=$N_FINAL ${CMD% }"
 say "done: $OUT/report/summary.md (results.json, curves.png, samples.png beside it)"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +61,11 @@ def test_report_numbers(tmp_path):
     assert sm["training"]["final_loss"] == pytest.approx(0.25)  # windows after step 2000 - 1000: 0.30, 0.20
     assert sm["training"]["peak_gpu_mem_gb"] == 4.0
     assert (sm["ema"]["fid"], sm["raw"]["fid"], cog["ema"]["fid"], cog["raw"]["fid"]) == (40.0, 38.0, 55.0, 59.0)
-    pl = rec["paired_loss"]["cog"]  # after step 0.4 * 2000 = 800: windows 1000, 1500, 2000
-    assert pl["windows"] == 3 and pl["mean_diff"] == pytest.approx((0.01 + 0.03 + 0.01) / 3)
-    assert pl["share_higher"] == 1.0
+    pl = rec["paired_loss"]["cog"]  # after step 0.4 * 2000 = 800: windows 1000, 1500, 2000 differ by .01, .03, .01
+    assert pl["windows"] == 3 and pl["mean_diff"] == pytest.approx(0.05 / 3) and pl["share_higher"] == 1.0
+    assert pl["sd_diff"] == pytest.approx(np.std([0.01, 0.03, 0.01], ddof=1))
+    # lag-1 autocorrelation of (-1/3, 2/3, -1/3) * 0.02 around the mean: (-2/9 - 2/9) / (6/9) = -2/3
+    assert pl["lag1_autocorr"] == pytest.approx(-2 / 3)
     assert rec["gpu"] == "TestGPU" and rec["commit"] == "abc123" and rec["title"].startswith("cifar10, 2000 steps")
     md = (dest / "summary.md").read_text()
     assert "| cog | cog | 2000 | 55.00 |" in md and "| 2000 | 60.00 | 70.00 |" in md and "= 3.20" in md
@@ -70,6 +73,25 @@ def test_report_numbers(tmp_path):
     assert Image.open(dest / "samples.png").size == (30 + 8 + 30, 20 + 16)
     for f in ("curves.png", "softmax_metrics.jsonl", "cog_fid.jsonl", "compare_ema_compare.json", "test_split_fid.json"):
         assert (dest / f).is_file(), f
+
+
+def test_report_tolerates_strays_and_missing_fid_logs(tmp_path):
+    out = fake_out(tmp_path)
+    (out / "runs" / ".DS_Store").write_text("")  # not a run
+    (out / "runs" / "notes").mkdir()  # a folder without metrics.jsonl: not a run either
+    (out / "runs" / "cog" / "fid.jsonl").unlink()  # FID during training was off for this one
+    (out / "compare_raw" / "compare.json").unlink()  # raw weights not scored
+    rec = rp.report(str(out), str(tmp_path / "dest"))
+    assert list(rec["models"]) == ["softmax", "cog"] and rec["models"]["cog"]["raw"] is None
+    assert rec["models"]["cog"]["training"]["fid_during_training"] == [] and None not in rec["commands"]
+    assert "| cog | cog | 2000 | 55.00 | 30.0 ± 2.0 | n/a | n/a |" in (tmp_path / "dest" / "summary.md").read_text()
+
+
+def test_report_refuses_labels_that_are_not_the_runs(tmp_path):
+    out = fake_out(tmp_path)
+    (out / "runs" / "cog").rename(out / "runs" / "cog_v2")
+    with pytest.raises(ValueError, match="compare labels must be the run folder names"):
+        rp.report(str(out), str(tmp_path / "dest"))
 
 
 def test_report_needs_the_evaluation(tmp_path):
@@ -91,7 +113,8 @@ def _fake_cifar(root):
 
 
 TINY = ["train.compile=false", "train.batch_size=4", "model.preset=null", "model.patch_size=8", "model.embed_dim=16",
-        "model.depth=2", "model.num_heads=2", "sample.batch_size=8", "sample.grid_size=4", "train.log_every=1"]
+        "model.depth=2", "model.num_heads=2", "sample.batch_size=8", "sample.grid_size=4", "train.log_every=1",
+        "model.softmax_layers=[0, 2]"]  # an override with a space in it reaches train.py as one argument
 
 
 def test_comparison_script_end_to_end_and_rerun(tmp_path):
@@ -118,6 +141,15 @@ def test_comparison_script_end_to_end_and_rerun(tmp_path):
     assert "up to date" in again.stdout
     assert {n: (out / "runs" / n / "metrics.jsonl").read_text() for n in ("softmax", "cog")} == before
     assert (out / "compare_ema" / "compare.json").read_text() == ema_json
+    # Asking for another final N redoes the evaluations (and only them).
+    third = subprocess.run(cmd, env=dict(env, N_FINAL="10"), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    rec = json.loads((out / "report" / "results.json").read_text())
+    assert all(rec["models"][n]["ema"]["num_images"] == 10 and rec["models"][n]["raw"]["num_images"] == 10 for n in ("softmax", "cog"))
+    assert {n: (out / "runs" / n / "metrics.jsonl").read_text() for n in ("softmax", "cog")} == before
+    assert "model.softmax_layers=[0, 2]" in shlex.split(rec["commands"][0])  # recorded re-runnable, quoted
+    cfg = yaml.safe_load((out / "runs" / "cog" / "config.yaml").read_text())
+    assert cfg["model"]["softmax_layers"] == [0, 2]
 
 
 def test_comparison_script_usage_errors(tmp_path):
