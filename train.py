@@ -30,7 +30,6 @@ from typing import Optional
 import torch
 import yaml
 
-from cogdiff.attention import available_cog_impls
 from cogdiff.config import Config, ConfigError, load_config
 from cogdiff.data import DataError, build_dataset
 from cogdiff.io import atomic_write_text
@@ -226,10 +225,10 @@ def train(cfg: Config) -> Path:
 
     torch.manual_seed(tc.seed)
     model = UViTModel(**model_kwargs)
-    impls = ["auto", *available_cog_impls()]
-    if tc.cog_impl not in impls:
-        raise ConfigError(f"train.cog_impl={tc.cog_impl!r} is not available here; choose one of {', '.join(impls)}")
-    model.set_cog_impl(tc.cog_impl)  # before the EMA copy, so both use it
+    try:
+        model.set_cog_impl(tc.cog_impl)  # before the EMA copy, so both use it
+    except ValueError as e:
+        raise ConfigError(f"train.cog_impl: {e}") from None
     if tc.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(device)

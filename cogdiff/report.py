@@ -162,11 +162,12 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
     if set(ema) != set(names):
         raise ValueError(f"{ema_json} scores {sorted(ema)} but {runs_dir} holds {sorted(names)}: the compare labels must be the run folder names")
     os.makedirs(dest, exist_ok=True)
-    models, grids, configs = {}, {}, {}
+    models, grids, configs, rows = {}, {}, {}, {}
     curves = {"loss": {}, f"loss (last {1 - LATE_FRACTION:.0%} of steps)": {}, "fid (EMA, during training)": {}}
     for name in names:
         run = os.path.join(runs_dir, name)
         metrics, fid = read_jsonl(os.path.join(run, METRICS_FILE)), read_jsonl(os.path.join(run, FID_FILE))
+        rows[name] = metrics
         with open(os.path.join(run, "config.yaml")) as f:
             configs[name] = yaml.safe_load(f)
         models[name] = dict(attention=configs[name]["model"]["attention_type"], ema=ema.get(name, {}), raw=raw.get(name),
@@ -203,11 +204,8 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
                 shutil.copyfile(src, os.path.join(dest, f"{sub}_{fname}"))
     if floor:
         shutil.copyfile(floor_json, os.path.join(dest, "test_split_fid.json"))
-    base = names[0]
-    base_rows = read_jsonl(os.path.join(runs_dir, base, METRICS_FILE))
-    start = LATE_FRACTION * models[base]["training"]["steps"]
-    rec["paired_loss"] = {n: pl for n in names[1:]
-                          if (pl := paired_loss(base_rows, read_jsonl(os.path.join(runs_dir, n, METRICS_FILE)), start))}
+    start = LATE_FRACTION * models[names[0]]["training"]["steps"]
+    rec["paired_loss"] = {n: pl for n in names[1:] if (pl := paired_loss(rows[names[0]], rows[n], start))}
     rec["files"] = files
     atomic_write_json(os.path.join(dest, "results.json"), rec)
     atomic_write_text(os.path.join(dest, files["summary"]), summary_markdown(rec))

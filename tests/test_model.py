@@ -59,6 +59,15 @@ def test_block_attention_is_really_cog():
     assert not torch.allclose(attn(x), not_expect, atol=1e-4)
 
 
+def test_set_cog_impl_checks_the_name():
+    m = tiny(attention_type="cog")
+    m.set_cog_impl("reference")
+    assert {b.attn.impl for b in m.blocks} == {"reference"}
+    with pytest.raises(ValueError, match="'nope' is not available here; choose one of auto, reference"):
+        m.set_cog_impl("nope")
+    assert {b.attn.impl for b in m.blocks} == {"reference"}  # unchanged after the refusal
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -206,7 +206,7 @@ def test_bad_model_settings_stop_training_in_one_line(train_mod, tmp_path, capsy
     assert "unknown U-ViT preset 'XL/2'" in main("model.preset=XL/2")
     assert "embed_dim 32 must be divisible by num_heads 3" in main("model.num_heads=3")
     assert "softmax_layers [99] out of range" in main("model.softmax_layers=[99]")
-    assert "train.cog_impl='flash9' is not available here; choose one of auto, reference" in main("train.cog_impl=flash9")
+    assert "train.cog_impl: Cog attention impl 'flash9' is not available here; choose one of auto, reference" in main("train.cog_impl=flash9")
     assert not (tmp_path / "run").exists()  # refused before anything is written
     # Reference statistics built with other Inception weights (ValueError from cogdiff.metrics).
     ref = tmp_path / "ref.npz"

@@ -20,7 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from ..attention import ATTENTION_TYPES, get_attention_fn
+from ..attention import ATTENTION_TYPES, available_cog_impls, get_attention_fn
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -242,6 +242,9 @@ class UViTModel(ModelMixin, ConfigMixin):
 
     def set_cog_impl(self, impl: str) -> None:
         """Choose the Cog Attention implementation (``"auto"``, ``"reference"``, a registered kernel)."""
+        choices = ["auto", *available_cog_impls()]
+        if impl not in choices:
+            raise ValueError(f"Cog attention impl {impl!r} is not available here; choose one of {', '.join(choices)}")
         for b in self.blocks:
             b.attn.impl = impl
 
