@@ -27,7 +27,8 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 import torch
 
-from .io import atomic_savez
+from .io import IMAGE_EXTENSIONS, atomic_savez
+from .latents.dataset import LatentData
 
 DATA_KINDS = ("cifar10", "imagefolder", "fashion_mnist", "synthetic", "latents")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -36,9 +37,6 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 SYNTHETIC_DEFAULTS = dict(num_examples=512, resolution=16)
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 SUBSET_SEED = 0  # fixed seed of the ``limit`` subset (the same examples in every run)
-# Image files read by the image-folder loaders here and by the latent extraction (cogdiff.latents.images);
-# matched case-insensitively (the same list as torchvision's IMG_EXTENSIONS).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DataError(ValueError):
@@ -89,8 +87,6 @@ def build_dataset(cfg, device="cpu") -> TrainData:
     if cfg.kind == "latents":
         if not cfg.path:
             raise DataError("data.path is not set: point it at a latent folder written by the latent extraction command")
-        from .latents import LatentData  # lazy: only latent runs need it
-
         try:
             return LatentData(root=cfg.path, device=device, keep_on_device=cfg.keep_on_device, random_flip=cfg.random_flip)
         except (FileNotFoundError, ValueError) as e:  # missing or malformed latent folder: one line

@@ -18,6 +18,9 @@ from typing import Any, Callable, Iterator, List
 import numpy as np
 
 TMP_MARK = ".tmp-"
+# Image files read by every image-folder reader in cogdiff (datasets, latent extraction, metrics, run folders);
+# matched case-insensitively (the same list as torchvision's IMG_EXTENSIONS).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @contextlib.contextmanager
@@ -90,6 +93,19 @@ def remove_stale_temporaries(folder, stems=None) -> List[str]:
         os.remove(os.path.join(folder, name))
         removed.append(name)
     return removed
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_files(folder) -> List[str]:
+    """All image files under ``folder`` (recursively; [] for a missing folder), sorted by relative path."""
+    folder = os.fspath(folder)
+    files = []
+    for root, _, names in os.walk(folder):
+        files += [os.path.join(root, n) for n in names if is_image_file(n)]
+    return sorted(files, key=lambda p: os.path.relpath(p, folder))
 
 
 def sha256_file(path, chunk: int = 1 << 22) -> str:

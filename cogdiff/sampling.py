@@ -13,10 +13,15 @@ import json
 import os
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
+import diffusers
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from .io import atomic_save_with, atomic_savez, atomic_write_json, remove_stale_temporaries
+from .pipelines import UViTPipeline, to_uint8
+from .rundir import changed_settings, refuse_changed, resolve_pipeline_dir
 
 # Every sampler starts from pure noise at the last training timestep (t = 999 of 1000) and takes
 # equal steps of 1000 / steps: diffusers' "trailing" spacing. Set explicitly for all of them, because
@@ -38,13 +43,10 @@ SCHEDULERS = {
     "unipc": ("UniPCMultistepScheduler", {**_SPACING}),
     "pndm": ("PNDMScheduler", {**_SPACING}),
 }
-PIPELINE_SUBDIR = "pipeline"  # <run>/pipeline/ holds the exported pipeline (training run layout)
 
 
 def make_scheduler(name: str, base_config):
     """A scheduler ``name`` (see ``SCHEDULERS``) built with ``from_config`` from a pipeline's scheduler config."""
-    import diffusers
-
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
@@ -67,20 +69,8 @@ def with_scheduler(pipeline, name: Optional[str]):
     return type(pipeline)(transformer=pipeline.transformer, scheduler=make_scheduler(name, pipeline.scheduler.config), vae=pipeline.vae)
 
 
-def resolve_pipeline_dir(path: str) -> str:
-    """A pipeline folder (with model_index.json) or a training run folder holding ``pipeline/``."""
-    path = os.fspath(path)
-    for cand in (path, os.path.join(path, PIPELINE_SUBDIR)):
-        if os.path.isfile(os.path.join(cand, "model_index.json")):
-            return cand
-    raise FileNotFoundError(
-        f"{path!r} is neither a pipeline folder (model_index.json) nor a run folder with {PIPELINE_SUBDIR}/; "
-        "export one with UViTPipeline.save_pretrained or let train.py finish"
-    )
-
-
 def check_pipeline(path: str, variant: Optional[str] = None) -> str:
-    """The pipeline folder of ``path`` (see :func:`resolve_pipeline_dir`), checking that ``variant`` exists."""
+    """The pipeline folder of ``path`` (see :func:`cogdiff.rundir.resolve_pipeline_dir`), checking that ``variant`` exists."""
     folder = resolve_pipeline_dir(path)
     tdir = os.path.join(folder, "transformer")
     if variant is not None and not any(f".{variant}." in f for f in os.listdir(tdir)):
@@ -91,8 +81,6 @@ def check_pipeline(path: str, variant: Optional[str] = None) -> str:
 def load_pipeline(path: str, device=None, scheduler: Optional[str] = None, variant: Optional[str] = None):
     """Load a pipeline folder / run folder; ``variant="raw"`` takes the raw (non-EMA) weights that
     training checkpoints store beside the EMA ones."""
-    from .pipelines import UViTPipeline
-
     folder = check_pipeline(path, variant)
     pipe = UViTPipeline.from_pretrained(folder, variant=variant)
     pipe = with_scheduler(pipe, scheduler)
@@ -145,8 +133,6 @@ def bf16_autocast(pipeline, enabled: bool):
 def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, seed: int = 0, guidance_scale: float = 1.0,
                  bf16: bool = False, class_label: Optional[int] = None) -> np.ndarray:
     """Images ``indices`` of the run ``seed`` as uint8 NHWC (see the module docstring)."""
-    from .pipelines import to_uint8
-
     generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
     num_classes = pipeline.transformer.config.num_classes
     labels = None
@@ -164,8 +150,6 @@ def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, see
 
 
 def _atomic_png(path: str, image: np.ndarray) -> None:
-    from PIL import Image
-
     im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     atomic_save_with(path, lambda tmp: im.save(tmp, format="PNG"), suffix=".png")
 
@@ -185,9 +169,8 @@ def check_settings(out_dir: str, settings: dict) -> bool:
         return False
     with open(path) as f:
         old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-    if diff:
-        raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out or delete it")
+    refuse_changed(changed_settings(old, settings, settings), f"{path} (a run with other settings)",
+                   "use another --out or delete it")
     return True
 
 
@@ -207,8 +190,6 @@ def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_
     With ``settings``, every process first checks ``out_dir/settings.json`` read-only (a folder from a
     run with other settings is an error on all processes, before anything is written), then rank 0
     writes it if absent, then ``barrier()`` (pass the launcher's barrier when ``world > 1``)."""
-    from tqdm.auto import tqdm
-
     if settings is not None:
         exists = check_settings(out_dir, settings)  # all ranks, read-only
         if rank == 0 and not exists:

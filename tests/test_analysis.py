@@ -19,11 +19,11 @@ from cogdiff.analysis import (
     negative_stats,
     negative_stats_table,
     query_attention_map,
-    run_dir_of,
     similarity_by_depth,
     token_similarity,
 )
 from cogdiff.analysis import plots
+from cogdiff.rundir import RunDir
 
 
 def tiny(attention_type="cog", num_classes=None, depth=2):
@@ -260,6 +260,6 @@ def test_load_run(tmp_path):
     via_pipeline = load_run(run / "pipeline")  # a run's pipeline/ folder resolves to the run
     assert via_pipeline.path == str(run) and via_pipeline.name == "r1" and via_pipeline.curve("fid") == ([2], [300.0])
     assert via_pipeline.pipeline_dir == str(run / "pipeline")
-    assert run_dir_of(run) == run_dir_of(run / "pipeline") == str(run) and run_dir_of(tmp_path / "x") is None
+    assert RunDir.of(run).path == RunDir.of(run / "pipeline").path == run and RunDir.of(tmp_path / "x") is None
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "missing")

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from cogdiff import UViTModel, UViTPipeline
-from cogdiff.compare import main as compare_main
+from cogdiff.workflows.compare import main as compare_main
 from cogdiff.metrics import InceptionFeatures, RefStats, compute_ref_stats
 
 N = 4

@@ -1,11 +1,11 @@
 """Config loading: YAML + base inheritance, typed dotted overrides, clear errors, dry run."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+import cogdiff.workflows.train
 from cogdiff.config import SCHEDULER_ALIASES, Config, ConfigError, config_from_dict, load_config, model_type_hints
 from cogdiff.sampling import SCHEDULERS
 
@@ -14,10 +14,7 @@ CONFIGS = ROOT / "configs"
 
 
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("cogdiff_train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return cogdiff.workflows.train
 
 
 def test_overrides_are_typed():

@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+import cogdiff.workflows.train
+import cogdiff.workflows.trainer
 from cogdiff.latents import LatentData, center_crop_adm, encode_with_mirror, extract_latents, load_vae, read_manifest
 from cogdiff.latents.__main__ import main as cli_main
 from cogdiff.latents.extract import VOLATILE_KEYS
@@ -151,9 +153,8 @@ def test_scaling_override_reaches_the_decoder(image_dir, vae_dir, tmp_path, caps
     out = tmp_path / "lat"
     run(image_dir, out, vae_dir, scaling_factor=0.25, shift_factor=0.1)
     data = LatentData(str(out))
-    train = _train_module()
     base = [f"data.path={out}", "model.num_classes=3"]
-    vaes = [train.load_vae(load_config(os.path.join(REPO, "configs", "tiny_latent.yaml"), base + extra), data, "cpu")
+    vaes = [cogdiff.workflows.trainer.load_vae(load_config(os.path.join(REPO, "configs", "tiny_latent.yaml"), base + extra), data, "cpu")
             for extra in ([], [f"model.vae={vae_dir}"])]
     for vae in [data.load_vae(), *vaes]:
         assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.25, 0.1)  # the folder says 0.5 / None
@@ -174,7 +175,7 @@ def test_scaling_override_reaches_the_decoder(image_dir, vae_dir, tmp_path, caps
         torch.testing.assert_close(seen[0], x / 0.25 + 0.1)  # back to the VAE's own latent space
     # A VAE folder that is not there: one line from train.py, not a traceback.
     capsys.readouterr()
-    assert train.main(["--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), *base, "model.vae=/nowhere/vae",
+    assert cogdiff.workflows.train.main(["--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), *base, "model.vae=/nowhere/vae",
                        f"train.output_dir={tmp_path / 'run'}", "train.batch_size=4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no VAE at '/nowhere/vae'") and err.count("\n") == 1
@@ -245,21 +246,12 @@ def test_no_flip_uses_the_unflipped_copy(full):
     torch.testing.assert_close(x, (raw[0] + raw[1] * eps) * 0.5)
 
 
-def _train_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cogdiff_train_script", os.path.join(REPO, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_py_on_latents_then_guided_sampling_through_the_vae(full, vae_dir, tmp_path):
     from cogdiff.pipelines import UViTPipeline
 
     out, _ = full
     run_dir = tmp_path / "run"
-    rc = _train_module().main([
+    rc = cogdiff.workflows.train.main([
         "--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), f"data.path={out}", f"train.output_dir={run_dir}",
         "train.steps=4", "train.batch_size=4", "train.checkpoint_every=4", "train.log_every=2", "optim.warmup_steps=1",
         "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "sample.grid_size=3", "sample.num_inference_steps=2",

@@ -15,7 +15,7 @@ CELL_TIMEOUT = 180
 
 # notebook -> (environment for the CI run, files it must write under COGDIFF_NB_OUT). 02 trains two
 # 12-step runs with train.py; 03 reads those runs through COGDIFF_RUNS (its own training branch calls
-# the same run_train_script) - two fewer train.py start-ups keep the suite inside its time budget.
+# the same run_training_process) - two fewer train.py start-ups keep the suite inside its time budget.
 NOTEBOOKS = {
     "01_quickstart.ipynb": ({}, ["grid_ddpm20.png", "schedulers_25.png", "pipeline/model_index.json",
                                  "pipeline/pipeline_uvit.py", "pipeline/transformer/config.json"]),
@@ -58,6 +58,7 @@ def execute(tmp_path_factory):
             for var in ("COGDIFF_PIPELINE", "COGDIFF_RUNS", "COGDIFF_NB_STEPS", "COGDIFF_NB_FID"):
                 mp.delenv(var, raising=False)
             mp.setenv("COGDIFF_NB_OUT", str(out))
+            mp.setenv("COGDIFF_CONFIGS", str(NB_DIR.parent / "configs"))  # the copy does not sit in notebooks/
             for k, v in {**env, **(extra_env or {})}.items():
                 mp.setenv(k, v)
             NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cogdiff import report as rp
+from cogdiff.workflows import report as rp
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,5 @@
 """sample.py / cogdiff.sampling: per-image determinism, resume after an interruption, process split."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 
 import cogdiff.sampling as sampling
+import cogdiff.workflows.sample
 from cogdiff import UViTModel, UViTPipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,9 +156,7 @@ def test_sample_py_cli(pipe_dir, tmp_path):
 
 
 def test_sample_py_bad_input_is_one_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("sample_script", os.path.join(ROOT, "sample.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = cogdiff.workflows.sample
     assert script.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "-n", "2", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "model_index.json" in err

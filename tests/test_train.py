@@ -1,6 +1,6 @@
 """train.py end to end on CPU: the tiny config learns, the run directory, EMA export, NaN stop, FID hook."""
 
-import importlib.util
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,10 +11,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cogdiff.config import ConfigError, load_config
-from cogdiff.data import FASHION_MNIST_DIR
+from cogdiff.data import FASHION_MNIST_DIR, build_dataset
 from cogdiff.pipelines import UViTPipeline
 from cogdiff.training import EMA, BatchPlan, diffusion_loss, drop_labels, list_checkpoints, make_noise_scheduler
 from cogdiff.training.checkpoint import step_of
+from cogdiff.workflows import trainer
+from cogdiff.workflows.train import main as train_main
+from cogdiff.workflows.train import run_training
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +35,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def train_mod():
-    spec = importlib.util.spec_from_file_location("cogdiff_train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return trainer
 
 
 def micro_cfg(out, *extra):
@@ -57,8 +57,10 @@ def tiny_run(one_thread, train_mod, tmp_path_factory):
     cfg = load_config(TINY_YAML, [*extra, "train.steps=150", "train.batch_size=16", "optim.warmup_steps=20",
                                   "train.log_every=25", "train.checkpoint_every=50", "train.sample_every=75",
                                   "sample.num_inference_steps=10", f"train.output_dir={out}"])
-    train_mod.train(cfg)
-    return out, cfg
+    assert run_training(cfg) == out
+    data = build_dataset(cfg.data)
+    resolved = dataclasses.replace(cfg, model={**cfg.model, "sample_size": data.shape[1], "in_channels": data.shape[0]})
+    return out, resolved
 
 
 def test_tiny_config_lowers_the_loss(tiny_run):
@@ -74,6 +76,8 @@ def test_tiny_config_lowers_the_loss(tiny_run):
 def test_run_directory_layout(tiny_run):
     out, cfg = tiny_run
     assert load_config(out / "config.yaml").to_dict() == cfg.to_dict()  # resolved: sample_size etc. filled in
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["config"] == cfg.to_dict() and prov["versions"]["torch"] == torch.__version__ and prov["commit"]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000100", "step_0000150"]  # keep_last 2
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     grids = sorted(p.name for p in (out / "samples").iterdir())
@@ -101,12 +105,12 @@ def test_exported_pipeline_has_ema_and_raw_weights(tiny_run):
 def test_export_on_demand(tiny_run, train_mod, tmp_path):
     out, _ = tiny_run
     again = tmp_path / "again"
-    assert train_mod.main(["--config", str(TINY_YAML), f"train.output_dir={again}", "--export",
+    assert train_main(["--config", str(TINY_YAML), f"train.output_dir={again}", "--export",
                            str(out / "checkpoints" / "step_0000100")]) == 0
     files = sorted(p.relative_to(again / "pipeline") for p in (again / "pipeline").rglob("*") if p.is_file())
     assert Path("transformer/diffusion_pytorch_model.raw.safetensors") in files and Path("model_index.json") in files
     assert not any("training_state" in str(f) or "rng_state" in str(f) for f in files)
-    assert train_mod.main(["--config", str(TINY_YAML), f"train.output_dir={tmp_path / 'none'}", "--export", "latest"]) == 2
+    assert train_main(["--config", str(TINY_YAML), f"train.output_dir={tmp_path / 'none'}", "--export", "latest"]) == 2
 
 
 # ------------------------------------------------------------------------------ the pieces
@@ -179,7 +183,7 @@ def test_batch_plan_partitions_each_global_batch():
 
 
 def test_truncate_jsonl_drops_a_half_written_line(tmp_path):
-    from cogdiff.training.runlog import read_jsonl, truncate_jsonl
+    from cogdiff.rundir import read_jsonl, truncate_jsonl
 
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 2}\n{"step": 4}\n{"step": 6, "lo')  # SIGKILL during the append of step 6
@@ -197,7 +201,7 @@ def test_bad_model_settings_stop_training_in_one_line(train_mod, tmp_path, capsy
     import numpy as np
 
     def main(*extra):
-        rc = train_mod.main(["--config", str(TINY_YAML), *MICRO, f"train.output_dir={tmp_path / 'run'}", "train.steps=1",
+        rc = train_main(["--config", str(TINY_YAML), *MICRO, f"train.output_dir={tmp_path / 'run'}", "train.steps=1",
                              *extra])
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
@@ -228,7 +232,7 @@ def test_cog_impl_choice_reaches_training_and_the_ema(train_mod, tmp_path):
     try:
         cfg = micro_cfg(tmp_path, "model.attention_type=cog", "model.softmax_layers=[]", "train.steps=2",
                         "train.cog_impl=spy", "train.sample_every=2")
-        train_mod.train(cfg)
+        run_training(cfg)
     finally:
         unregister_cog_impl("spy")
     # 2 blocks x (2 training forwards + at least 2 sampling steps of the EMA model for the final grid)
@@ -246,7 +250,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(train_mod, tmp_pa
     monkeypatch.setattr(train_mod, "diffusion_loss", poisoned)
     cfg = micro_cfg(tmp_path, "train.steps=12", "train.checkpoint_every=5", "train.log_every=100")
     with pytest.raises(FloatingPointError, match="loss is nan at step 7; stopped"):
-        train_mod.train(cfg)
+        run_training(cfg)
     ckpts = list_checkpoints(tmp_path / "checkpoints")
     assert [step_of(p) for p in ckpts] == [5] and not (tmp_path / "pipeline").exists()
     pipe = UViTPipeline.from_pretrained(ckpts[0], variant="raw")
@@ -271,7 +275,7 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
     cfg = micro_cfg(tmp_path, "model.num_classes=4", "train.grad_accum=2", "train.steps=6", "train.fid_every=3",
                     "train.fid_ref=ref.npz", "train.fid_num_images=8", "sample.batch_size=4", "sample.guidance_scale=1.5",
                     "train.checkpoint_every=100")
-    train_mod.train(cfg)
+    run_training(cfg)
     assert calls[0] == ("init", "ref.npz", None)
     assert calls[1] == ("score", 8, 4, 2, False, (2, 3, 16, 16))  # the EMA copy (eval mode) is sampled
     fid = rows(tmp_path / "fid.jsonl")
@@ -281,34 +285,34 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
                       "scheduler": "dpm++", "ema": True}
     assert UViTPipeline.from_pretrained(tmp_path / "pipeline").transformer.config.num_classes == 4
     with pytest.raises(ConfigError, match="train.fid_ref"):
-        train_mod.train(micro_cfg(tmp_path / "nofid", "train.steps=2", "train.fid_every=1"))
+        run_training(micro_cfg(tmp_path / "nofid", "train.steps=2", "train.fid_every=1"))
 
 
 def test_resume_guards(train_mod, tmp_path):
-    train_mod.train(micro_cfg(tmp_path, "train.steps=2", "train.checkpoint_every=1"))
+    run_training(micro_cfg(tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     with pytest.raises(ConfigError, match="already has checkpoints: continue with train.resume=latest"):
-        train_mod.train(micro_cfg(tmp_path, "train.steps=4"))
+        run_training(micro_cfg(tmp_path, "train.steps=4"))
     with pytest.raises(ConfigError, match=r"cannot resume: model.embed_dim \(32 -> 64\) differ"):
-        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "model.embed_dim=64"))
+        run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "model.embed_dim=64"))
     with pytest.raises(ConfigError, match=r"diffusion.beta_schedule \('linear' -> 'scaled_linear'\) differ"):
-        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "diffusion.beta_schedule=scaled_linear",
+        run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "diffusion.beta_schedule=scaled_linear",
                                   "train.resume_force=true"))  # no override for the model or the noise schedule
     # Data, seed and batch split decide which examples and noise each step uses: refused, naming every key.
     changes = ["data.limit=64", "data.random_flip=false", "data.split=test", "train.seed=1", "train.batch_size=8",
                "train.grad_accum=2"]
     with pytest.raises(ConfigError) as e:
-        train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", *changes))
+        run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", *changes))
     msg = str(e.value)
     assert msg.startswith("cannot resume: data.split ('train' -> 'test'), data.limit (None -> 64)") and "\n" not in msg
     assert all(c.split("=")[0] in msg for c in changes) and "train.resume_force=true" in msg
     # A run killed mid-append leaves half a line in metrics.jsonl; the resume drops it.
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "loss": 0.')
-    train_mod.train(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "train.seed=1", "train.resume_force=true"))
+    run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "train.seed=1", "train.resume_force=true"))
     assert [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [2, 4]
     assert load_config(tmp_path / "config.yaml").train.seed == 1  # the run's config now says what it continued with
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        train_mod.train(micro_cfg(tmp_path, "train.steps=4", f"train.resume={tmp_path}"))
+        run_training(micro_cfg(tmp_path, "train.steps=4", f"train.resume={tmp_path}"))
     with pytest.raises(ConfigError, match="model.num_classes=3 but the data has 4 classes"):
-        train_mod.train(micro_cfg(tmp_path / "other", "model.num_classes=3"))
+        run_training(micro_cfg(tmp_path / "other", "model.num_classes=3"))

@@ -1,7 +1,6 @@
 """A run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run (CPU), and a crash
 while a checkpoint is being written leaves the previous checkpoint intact and loadable."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,15 +17,18 @@ from cogdiff.config import load_config
 from cogdiff.pipelines import UViTPipeline
 from cogdiff.training import list_checkpoints, load_training_state
 from cogdiff.training.checkpoint import step_of
+from cogdiff.workflows import trainer
+from cogdiff.workflows.train import run_training
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # same threads in every run
+# same threads in every run; this checkout's cogdiff whatever is installed
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 
 
 def launch(out, *extra):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY_YAML), *MICRO, f"train.output_dir={out}", *extra]
+    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", str(TINY_YAML), *MICRO, f"train.output_dir={out}", *extra]
     return subprocess.Popen(cmd, cwd=out.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -88,10 +90,7 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path):
 def train_mod():
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
-    spec = importlib.util.spec_from_file_location("cogdiff_train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    yield trainer  # the module whose write_pipeline the checkpoint writer calls
     torch.set_num_threads(n)
 
 
@@ -107,7 +106,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(train_mod, tmp_path, monk
     cfg = lambda *extra: load_config(TINY_YAML, [*MICRO, "train.steps=10", "train.checkpoint_every=5", "train.log_every=5",  # noqa: E731
                                                  f"train.output_dir={tmp_path}", *extra])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_mod.train(cfg())
+        run_training(cfg())
     root = tmp_path / "checkpoints"
     assert [p.name for p in list_checkpoints(root)] == ["step_0000005"]
     assert (root / ".tmp_step_0000010" / "transformer").is_dir() and not (root / "step_0000010").exists()
@@ -116,7 +115,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(train_mod, tmp_path, monk
     assert UViTPipeline.from_pretrained(root / "step_0000005").transformer.config.embed_dim == 32
 
     monkeypatch.setattr(train_mod, "write_pipeline", real)
-    train_mod.train(cfg("train.resume=latest"))
+    run_training(cfg("train.resume=latest"))
     assert [p.name for p in list_checkpoints(root)] == ["step_0000005", "step_0000010"]
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
     assert [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [5, 10]

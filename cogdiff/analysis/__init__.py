@@ -20,7 +20,7 @@ from .measures import (
     similarity_by_depth,
     token_similarity,
 )
-from .runs import Run, load_run, load_runs, read_jsonl, repo_root, run_dir_of, run_train_script, series
+from .runs import Run, load_run, load_runs, series
 
 __all__ = [
     "AttentionCapture",
@@ -37,10 +37,6 @@ __all__ = [
     "negative_stats",
     "negative_stats_table",
     "query_attention_map",
-    "read_jsonl",
-    "repo_root",
-    "run_dir_of",
-    "run_train_script",
     "series",
     "similarity_by_depth",
     "token_similarity",

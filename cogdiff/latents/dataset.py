@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import store
+from .extract import load_vae
 
 
 class LatentData:
@@ -108,7 +109,5 @@ class LatentData:
         """The VAE for decoding samples: the manifest's ``vae_path`` (or ``path``, e.g. another decoder of the
         same encoder), with this set's ``scaling_factor``/``shift_factor`` set in its config, so the pipeline
         decodes ``latents / scaling_factor + shift_factor`` (the inverse of :meth:`get_batch`)."""
-        from .extract import load_vae
-
         return load_vae(path or self.vae_path, precision, device or self.device,
                         scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)

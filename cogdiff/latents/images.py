@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS  # one list for every image-folder reader in cogdiff
+from ..io import IMAGE_EXTENSIONS  # one list for every image-folder reader in cogdiff
 
 __all__ = ["IMAGE_EXTENSIONS", "CroppedImages", "center_crop_adm", "class_to_index", "load_image", "scan_image_folder"]
 

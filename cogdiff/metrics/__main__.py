@@ -18,7 +18,7 @@ import sys
 
 from ..io import atomic_write_text
 from .evaluator import DEFAULT_INCEPTION_BATCH
-from .cli import one_line_warnings
+from ..cli import one_line_warnings
 from .inception import ALLOW_UNVERIFIED_FLAG
 from .stats import DEFAULT_KID_FEATURES
 

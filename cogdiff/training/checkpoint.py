@@ -20,6 +20,9 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from ..models import UViTModel
+from ..pipelines import UViTPipeline
+
 STEP_DIR = "step_{:07d}"
 STEP_RE = re.compile(r"^step_(\d+)$")
 TMP_PREFIX = ".tmp_"
@@ -30,8 +33,6 @@ RAW_VARIANT = "raw"  # raw (non-EMA) weights: transformer/diffusion_pytorch_mode
 
 def write_pipeline(directory: Path, ema_model, raw_model, scheduler, vae=None) -> None:
     """Save a ``UViTPipeline`` (EMA weights) and add the raw weights as the ``raw`` variant."""
-    from ..pipelines import UViTPipeline
-
     UViTPipeline(transformer=ema_model, scheduler=scheduler, vae=vae).save_pretrained(directory)
     raw_model.save_pretrained(Path(directory) / "transformer", variant=RAW_VARIANT)
 
@@ -148,8 +149,6 @@ def resolve_resume(resume: Optional[str], root: Path) -> Optional[Path]:
 
 def load_weights(checkpoint: Path, model: torch.nn.Module, raw: bool) -> None:
     """Copy the checkpoint's raw (``raw=True``) or EMA weights into ``model`` (strict)."""
-    from ..models import UViTModel
-
     saved = UViTModel.from_pretrained(Path(checkpoint) / "transformer", variant=RAW_VARIANT if raw else None)
     model.load_state_dict(saved.state_dict())
 

@@ -1,0 +1,377 @@
+"""The pieces of a training run: set-up (:func:`build_trainer`), one optimizer step (:func:`train_step`) and what
+happens between steps (:class:`Hooks`: log row, sample grid, FID, checkpoint). :func:`cogdiff.workflows.train.
+run_training` strings them together.
+
+The loop: x0 from the data, t ~ U{0..T-1}, noise ~ N(0, I), x_t = DDPMScheduler.add_noise(x0, noise, t),
+loss = MSE(model(x_t, t, y), noise) (or the velocity for v-prediction); AdamW with linear warm-up then a
+constant LR; EMA of the weights after every optimizer step. The randomness of micro-batch slot k of step s
+(timesteps, noise, flips, label dropout) comes from a generator seeded by (seed, s, k) and the data order
+from a per-epoch seeded permutation, so a run resumed from a checkpoint repeats exactly what an
+uninterrupted run would have done, and the split over processes x accumulation steps does not change
+which examples and noise a step uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from typing import Any, Optional
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from .. import metrics
+from ..config import Config, ConfigError
+from ..data import build_dataset
+from ..models import UViTModel, uvit_config
+from ..pipelines import UViTPipeline
+from ..rundir import RunDir, changed_settings, refuse_changed
+from ..sampling import make_scheduler
+from ..training import (
+    EMA,
+    BatchPlan,
+    RunLog,
+    derive_seed,
+    diffusion_loss,
+    drop_labels,
+    export_pipeline,
+    gpu_memory_gb,
+    list_checkpoints,
+    load_training_state,
+    load_weights,
+    make_noise_scheduler,
+    resolve_resume,
+    save_checkpoint,
+    write_pipeline,
+)
+from ..training.checkpoint import TRAINING_STATE, clean_stale, restore_rng
+
+STEP_STREAM = 2  # seed stream of the per-micro-batch generators (timesteps, noise, flips, label dropout)
+# Settings besides model.* and diffusion.* that fix which examples, flips and noise each step uses: a resumed
+# run that changes one of them is no longer the run it continues (refused unless train.resume_force=true).
+RESUME_EXACT_KEYS = (("data", ("kind", "path", "split", "resolution", "limit", "random_flip")),
+                     ("train", ("seed", "batch_size", "grad_accum")))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def resolve_model(cfg: Config, data) -> Config:
+    """A copy of ``cfg`` whose ``model.sample_size``/``in_channels`` come from the data (checking given ones), after
+    checking every model argument. ``data=None`` skips the data checks (dry runs without data)."""
+    model = dict(cfg.model)
+    if data is not None:
+        c, h, w = data.shape
+        if h != w:
+            raise ConfigError(f"the data is {h}x{w}; U-ViT needs square inputs: set data.resolution")
+        for key, value in (("sample_size", h), ("in_channels", c)):
+            if model.get(key) is None:
+                model[key] = value
+            elif model[key] != value:
+                raise ConfigError(f"model.{key}={model[key]} but the data has {key}={value} (shape {data.shape}): "
+                                  f"set model.{key}={value} or remove it from the config")
+        num_classes = model.get("num_classes")
+        if num_classes is not None and num_classes != data.num_classes:
+            raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes: "
+                              f"set model.num_classes={data.num_classes} (or null for an unconditional model)")
+    if model.get("vae") and cfg.data.kind != "latents":
+        raise ConfigError(f"model.vae={model['vae']} is only for latent data (data.kind=latents); remove it")
+    resolved = dataclasses.replace(cfg, model=model)
+    try:
+        with torch.device("meta"):  # checks every argument (heads, softmax_layers, ...) without allocating
+            UViTModel(**model_kwargs(resolved))
+    except ValueError as e:
+        raise ConfigError(f"bad model settings: {e}") from None
+    return resolved
+
+
+def model_kwargs(cfg: Config) -> dict:
+    """UViTModel keyword arguments of a config's ``model`` section (its preset expanded)."""
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("preset", "vae")}
+    return uvit_config(cfg.model["preset"], **kwargs) if cfg.model.get("preset") else kwargs
+
+
+def check_resume_config(run: RunDir, cfg: Config) -> None:
+    """A resumed run must train the same model on the same noise schedule as the run it continues, and (unless
+    ``train.resume_force``) on the same data, seed and batch split, or it would not repeat what the run did."""
+    saved = run.config()
+    if saved is None:
+        return
+    now = cfg.to_dict()
+
+    def changed(section, keys=None):
+        return changed_settings(saved.get(section) or {}, now[section], keys, prefix=f"{section}.")
+
+    refuse_changed(changed("model") + changed("diffusion"), run.config_file,
+                   "use the same settings or a new train.output_dir", ConfigError)
+    exact = [d for section, keys in RESUME_EXACT_KEYS for d in changed(section, keys)]
+    if not cfg.train.resume_force:
+        refuse_changed(exact, f"{run.config_file}, so the resumed run would not repeat the original",
+                       "use the same settings, a new train.output_dir, or train.resume_force=true to continue anyway",
+                       ConfigError)
+
+
+def load_vae(cfg: Config, data, device):
+    """The decoding VAE of a latent run: ``model.vae`` or else the one in the latent manifest, with the
+    manifest's scaling/shift factors set in its config (what the pipeline divides/adds when decoding)."""
+    if cfg.data.kind != "latents":
+        return None  # resolve_model refuses model.vae for pixel data
+    path = cfg.model.get("vae")
+    try:
+        return data.load_vae(device=device, path=path)
+    except FileNotFoundError as e:
+        if path:
+            raise
+        raise FileNotFoundError(f"{e} (the VAE recorded in the latent manifest; set model.vae=<its folder here>)") from None
+
+
+def make_fid_evaluator(cfg: Config, device):
+    if not cfg.train.fid_ref:
+        raise ConfigError("train.fid_every > 0 needs train.fid_ref=<reference statistics file>")
+    return metrics.FIDEvaluator(cfg.train.fid_ref, device=device, weights=cfg.train.fid_weights)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything one training run holds: config, accelerator, run folder, data, batch plan, model (prepared;
+    ``raw`` unwrapped), EMA, schedules, optimizer, optional VAE and FID evaluator, and the first step."""
+
+    cfg: Config
+    accelerator: Accelerator
+    run: RunDir
+    data: Any
+    plan: BatchPlan
+    model: torch.nn.Module
+    raw: UViTModel
+    ema: EMA
+    noise_scheduler: Any
+    sample_scheduler: Any
+    vae: Any
+    fid: Any
+    optimizer: torch.optim.Optimizer
+    lr_schedule: Any
+    start: int = 0
+
+    device = property(lambda self: self.accelerator.device)
+    rank = property(lambda self: self.accelerator.process_index)
+    is_main = property(lambda self: self.accelerator.is_main_process)
+    num_classes = property(lambda self: self.raw.config.num_classes)
+
+    def training_state(self, step: int) -> dict:
+        scaler = self.accelerator.scaler
+        return {"step": step, "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "ema_num_updates": self.ema.num_updates}
+
+    def write_checkpoint(self, tmp, step: int) -> None:
+        """The main process's part of a checkpoint: the pipeline (EMA + raw weights) and the training state."""
+        write_pipeline(tmp, self.ema.model, self.raw, self.sample_scheduler, self.vae)
+        torch.save(self.training_state(step), tmp / TRAINING_STATE)
+
+    def restore(self, checkpoint) -> None:
+        state, rng = load_training_state(checkpoint, self.rank)
+        load_weights(checkpoint, self.raw, raw=True)
+        load_weights(checkpoint, self.ema.model, raw=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_scheduler"])
+        if self.accelerator.scaler is not None and state["scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.ema.num_updates = state["ema_num_updates"]
+        if rng is not None:
+            restore_rng(rng)
+        self.start = state["step"]
+
+
+def build_model(cfg: Config, device) -> UViTModel:
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = UViTModel(**model_kwargs(cfg))
+    try:
+        model.set_cog_impl(tc.cog_impl)  # before the EMA copy, so both use it
+    except ValueError as e:
+        raise ConfigError(f"train.cog_impl: {e}") from None
+    if tc.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model.to(device)
+
+
+def build_trainer(cfg: Config) -> Trainer:
+    """Data, model, EMA, noise schedule, optimizer and (with ``train.resume``) the state to continue from."""
+    tc, o = cfg.train, cfg.optim
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, dynamo_backend="inductor" if tc.compile else "no")
+    run = RunDir(cfg.output_dir)
+    data = build_dataset(cfg.data, accelerator.device)
+    cfg = resolve_model(cfg, data)
+    try:
+        plan = BatchPlan(data.num_examples, tc.batch_size, accelerator.num_processes, tc.grad_accum, tc.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    resume_from = resolve_resume(tc.resume, run.checkpoints_dir)
+    if resume_from is None and list_checkpoints(run.checkpoints_dir):
+        raise ConfigError(f"{run.checkpoints_dir} already has checkpoints: continue with train.resume=latest "
+                          f"or set another train.output_dir")
+    if resume_from is not None:
+        check_resume_config(run, cfg)
+
+    model = build_model(cfg, accelerator.device)
+    ema = EMA(model, tc.ema_decay, tc.ema_warmup)
+    noise_scheduler = make_noise_scheduler(cfg.diffusion, latent=cfg.data.kind == "latents")
+    sample_scheduler = make_scheduler(cfg.sample.scheduler, noise_scheduler.config)
+    vae = load_vae(cfg, data, accelerator.device)
+    fid = make_fid_evaluator(cfg, accelerator.device) if tc.fid_every > 0 else None  # every process scores its share
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the LR schedule is stepped by hand, once per step
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # the UViTModel itself (also under compile)
+    trainer = Trainer(cfg, accelerator, run, data, plan, model, raw, ema, noise_scheduler, sample_scheduler, vae, fid,
+                      optimizer, lr_schedule)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+    return trainer
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(t: Trainer, step: int) -> tuple:
+    """One optimizer step (all micro-batches of this process, clip, AdamW, LR schedule, EMA).
+    Returns (mean loss of the step as a 0-d tensor, global grad norm before clipping)."""
+    tc, acc = t.cfg.train, t.accelerator
+    t.model.train()
+    step_loss = 0.0
+    for micro, slot in enumerate(t.plan.slots(t.rank)):
+        gen = torch.Generator(t.device).manual_seed(derive_seed(tc.seed, STEP_STREAM, step, slot))
+        x0, y = t.data.get_batch(t.plan.indices(step, slot), gen)  # (b, C, H, W) in model space
+        y = drop_labels(y, tc.p_uncond, t.num_classes, gen) if t.num_classes is not None else None
+        last = micro == tc.grad_accum - 1
+        with contextlib.nullcontext() if last else acc.no_sync(t.model):
+            loss = diffusion_loss(t.model, t.noise_scheduler, x0, y, gen)
+            acc.backward(loss / tc.grad_accum)
+        step_loss = step_loss + loss.detach() / tc.grad_accum
+    clip = t.cfg.optim.grad_clip
+    grad_norm = acc.clip_grad_norm_(t.model.parameters(), clip if clip > 0 else math.inf)
+    t.optimizer.step()
+    t.lr_schedule.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    t.ema.update(t.raw)
+    return step_loss, grad_norm
+
+
+def sample_images(pipeline, cfg: Config, num_classes: Optional[int]) -> torch.Tensor:
+    """A fixed-seed batch of ``sample.grid_size`` images (N, C, H, W) in [0, 1]; labels cycle over the classes."""
+    n = cfg.sample.grid_size
+    labels = [i % num_classes for i in range(n)] if num_classes else None
+    return pipeline(batch_size=n, num_inference_steps=cfg.sample.num_inference_steps,
+                    generator=torch.Generator("cpu").manual_seed(cfg.sample.seed), class_labels=labels,
+                    guidance_scale=cfg.sample.guidance_scale, output_type="pt").images
+
+
+def every(n: int, step: int) -> bool:
+    return n > 0 and step % n == 0
+
+
+# ----------------------------------------------------------------------------- between steps
+
+
+class Hooks:
+    """What runs after optimizer steps: the non-finite check, log rows, sample grids, FID and checkpoints.
+    Time spent in grids/FID/checkpoints is left out of the logged images_per_s."""
+
+    def __init__(self, t: Trainer):
+        self.t, cfg = t, t.cfg
+        self.log = None
+        if t.is_main:
+            t.run.write_config(cfg.to_yaml(), cfg.to_dict())
+            clean_stale(t.run.checkpoints_dir)
+            self.log = RunLog(t.run, t.start)
+        self.pipeline = UViTPipeline(transformer=t.ema.model, scheduler=t.sample_scheduler, vae=t.vae)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.can_sample = t.vae is not None or cfg.data.kind != "latents"
+        if not self.can_sample:
+            t.accelerator.print("note: latent data without a VAE (model.vae): no sample grids or FID")
+        self.pending, self.window = [], []  # per-step losses not yet checked / checked since the last log row
+        self.t_last, self.step_last, self.paused = time.perf_counter(), t.start, 0.0
+        self.bar = tqdm(total=cfg.train.steps, initial=t.start, disable=not t.is_main, desc=cfg.name, dynamic_ncols=True)
+
+    def after_step(self, done: int, loss: torch.Tensor, grad_norm) -> None:
+        tc = self.t.cfg.train
+        self.pending.append(loss)
+        self.bar.update(1)
+        final = done == tc.steps
+        do_log = every(tc.log_every, done) or final
+        do_ckpt = every(tc.checkpoint_every, done) or final
+        do_sample = self.can_sample and (every(tc.sample_every, done) or final)
+        do_fid = self.can_sample and every(tc.fid_every, done)
+        if not (do_log or do_ckpt or do_sample or do_fid):
+            return
+        self.check_finite(done)
+        if do_log:
+            self.log_row(done, grad_norm)
+        t_pause = time.perf_counter()
+        if do_sample and self.t.is_main:
+            self.sample_grid(done)
+        if do_fid:
+            self.score_fid(done)
+        if do_sample or do_fid:
+            self.t.accelerator.wait_for_everyone()
+        if do_ckpt:
+            save_checkpoint(self.t.accelerator, self.t.run.checkpoints_dir, done,
+                            lambda tmp: self.t.write_checkpoint(tmp, done), tc.keep_last)
+        self.paused += time.perf_counter() - t_pause
+
+    def check_finite(self, done: int) -> None:
+        """Non-finite loss: stop before anything is saved, naming the first bad step (same on every process)."""
+        losses = self.t.accelerator.reduce(torch.stack(self.pending).float(), reduction="mean")
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            first = done - len(self.pending) + 1 + int(bad[0])
+            raise FloatingPointError(f"loss is {losses[int(bad[0])].item()} at step {first}; stopped. The last good "
+                                     f"checkpoint is kept in {self.t.run.checkpoints_dir} (lower optim.lr or set "
+                                     f"optim.grad_clip)")
+        self.window.append(losses)
+        self.pending = []
+
+    def log_row(self, done: int, grad_norm) -> None:
+        now = time.perf_counter()
+        row = {"step": done, "loss": torch.cat(self.window).mean().item(), "lr": self.t.lr_schedule.get_last_lr()[0],
+               "grad_norm": float(grad_norm),
+               "images_per_s": (done - self.step_last) * self.t.cfg.train.batch_size
+               / max(now - self.t_last - self.paused, 1e-9)}
+        mem = gpu_memory_gb(self.t.device)
+        if mem is not None:
+            row["gpu_mem_gb"] = mem
+        if self.t.is_main:
+            self.log.metrics(row)
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        self.window, self.t_last, self.step_last, self.paused = [], now, done, 0.0
+
+    def sample_grid(self, done: int) -> None:
+        with self.t.accelerator.autocast():
+            self.log.grid(sample_images(self.pipeline, self.t.cfg, self.t.num_classes), done)
+
+    def score_fid(self, done: int) -> None:
+        cfg, s = self.t.cfg, self.t.cfg.sample
+        result = self.t.fid.score_pipeline(self.pipeline, num_images=cfg.train.fid_num_images, batch_size=s.batch_size,
+                                           num_inference_steps=s.num_inference_steps, seed=s.seed,
+                                           guidance_scale=s.guidance_scale, bf16=cfg.train.mixed_precision == "bf16")
+        if self.t.is_main:
+            keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
+            self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
+                          "scheduler": s.scheduler, "ema": True})
+
+    def finish(self) -> None:
+        """Export the final pipeline (EMA weights + raw variant) and close the logs."""
+        self.bar.close()
+        if self.t.is_main:
+            found = list_checkpoints(self.t.run.checkpoints_dir)
+            if found:
+                export_pipeline(found[-1], self.t.run.pipeline_dir)
+            self.log.close()
+        self.t.accelerator.wait_for_everyone()
+        self.t.accelerator.end_training()
