@@ -44,11 +44,12 @@ def main(argv=None) -> int:
     from diffusers import DDPMScheduler
 
     from cogdiff import UViTPipeline, uvit
-    from cogdiff.compare import device_name, git_commit
     from cogdiff.metrics import FIDEvaluator, InceptionFeatures
-    from cogdiff.metrics.images import iter_source
     from cogdiff.metrics.stats import ensure_ref_stats
-    from cogdiff.sampling import sample_batch, with_scheduler
+    from cogdiff.rundir import git_commit
+    from cogdiff.sampling import pipeline_batches, sample_batch, with_scheduler
+    from cogdiff.sources import iter_source
+    from cogdiff.workflows.compare import device_name
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t_ref = None
@@ -76,14 +77,14 @@ def main(argv=None) -> int:
     t_warm = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = ev.score_pipeline(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16)
+    scores = ev.score_images(pipeline_batches(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16))
     total = time.perf_counter() - t0
     tm = ev.last_timings
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
     record = dict(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler,
                   bf16=args.bf16, model=f"uvit('{args.preset}', attention_type='{args.attention}') random init",
-                  sampling_s=tm["sampling_s"], inception_s=tm["inception_s"], metrics_s=tm["metrics_s"], total_s=total,
+                  sampling_s=tm["source_s"], inception_s=tm["inception_s"], metrics_s=tm["metrics_s"], total_s=total,
                   warmup_s=t_warm, ref_build_s=t_ref, images_per_s=args.num_images / total, peak_gpu_mem_gib=peak,
                   scores=scores, ref_count=ev.ref.count, ref_source=ev.ref.source, ref_fingerprint=ev.ref.fingerprint,
                   device=device_name(device), commit=args.commit or git_commit(), torch=torch.__version__, diffusers=diffusers.__version__,

@@ -1,25 +1,32 @@
-"""cogdiff: diffusion with Cog Attention (attention with negative weights) in a U-ViT backbone."""
+"""cogdiff: diffusion with Cog Attention (attention with negative weights) in a U-ViT backbone.
 
-from .attention import (
-    CogAttnProcessor,
-    cog_attention,
-    convert_to_cog_attention,
-    register_cog_impl,
-    softmax_attention,
-)
-from .models import UViTModel, UViTOutput, uvit, uvit_config
-from .pipelines import UViTPipeline
+The names below are loaded on first use (PEP 562), so ``import cogdiff.config`` (reading a YAML file) does not
+pay for torch and diffusers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "CogAttnProcessor",
-    "UViTModel",
-    "UViTOutput",
-    "UViTPipeline",
-    "cog_attention",
-    "convert_to_cog_attention",
-    "register_cog_impl",
-    "softmax_attention",
-    "uvit",
-    "uvit_config",
-]
+_EXPORTS = {
+    "CogAttnProcessor": "attention",
+    "cog_attention": "attention",
+    "convert_to_cog_attention": "attention",
+    "register_cog_impl": "attention",
+    "softmax_attention": "attention",
+    "UViTModel": "models",
+    "UViTOutput": "models",
+    "uvit": "models",
+    "uvit_config": "models",
+    "UViTPipeline": "pipelines",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cogdiff' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

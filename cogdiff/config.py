@@ -13,6 +13,7 @@ the data at start-up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import typing
@@ -22,17 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .data import DATA_KINDS
-from .models.uvit import UViTModel
-from .sampling import SCHEDULERS
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
+DATA_KINDS = ("cifar10", "imagefolder", "fashion_mnist", "synthetic", "latents")  # the loaders of cogdiff.data
 BETA_SCHEDULES = ("linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAMPLE_SCHEDULER_NAMES = tuple(SCHEDULERS)
-# diffusers-style names accepted for sample.scheduler -> names in cogdiff.sampling.SCHEDULERS (the one alias
-# table; tests check every target exists there).
-SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpmsolver": "dpm++", "euler_ancestral": "euler_a"}
 MODEL_EXTRA_KEYS = ("preset", "vae")  # model-section keys that are not UViTModel arguments
 
 
@@ -97,7 +94,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    scheduler: str = "dpm++"  # grids, FID and the exported pipeline; a name in cogdiff.sampling.SCHEDULERS
+    scheduler: str = "dpm++"  # grids, FID and the exported pipeline; a name in cogdiff.schedulers.SCHEDULERS
     num_inference_steps: int = 50
     guidance_scale: float = 1.0  # eps_u + w (eps_c - eps_u); 1 = no guidance
     grid_size: int = 64  # images in each preview grid
@@ -176,8 +173,12 @@ class Config:
         setattr(obj, key, value)
 
 
+@functools.lru_cache(maxsize=1)
 def model_type_hints() -> Dict[str, Any]:
-    """Valid ``model`` keys and their types: preset, vae and UViTModel's keyword arguments."""
+    """Valid ``model`` keys and their types: preset, vae and UViTModel's keyword arguments. Imported here, on
+    first use, so that reading a config (e.g. a dry run's data section or a study file) needs no torch."""
+    from .models.uvit import UViTModel  # heavy (torch, diffusers): only when a model key is set
+
     hints = typing.get_type_hints(UViTModel.__init__)
     params = [p for p in inspect.signature(UViTModel.__init__).parameters if p != "self"]
     return {"preset": Optional[str], "vae": Optional[str], **{p: hints[p] for p in params}}
@@ -282,6 +283,15 @@ def config_from_dict(raw: Dict[str, Any], name: str = "run") -> Config:
         for sub, v in value.items():
             cfg.set(f"{key}.{sub}", v)
     return cfg
+
+
+def data_config_from_spec(spec: Dict[str, str]) -> DataConfig:
+    """A checked :class:`DataConfig` from text values (e.g. ``dataset:kind=cifar10,limit=100`` on a command
+    line), parsed like ``data.key=value`` overrides."""
+    cfg = Config()
+    for key, value in spec.items():
+        cfg.set(f"data.{key}", value, from_string=True)
+    return cfg.data
 
 
 def parse_overrides(overrides: Sequence[str]) -> List[tuple]:

@@ -27,10 +27,10 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 import torch
 
+from .config import DATA_KINDS  # noqa: F401  (re-exported: the kinds build_dataset knows)
 from .io import IMAGE_EXTENSIONS, atomic_savez
 from .latents.dataset import LatentData
 
-DATA_KINDS = ("cifar10", "imagefolder", "fashion_mnist", "synthetic", "latents")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Iterator, List
 
@@ -93,6 +94,41 @@ def remove_stale_temporaries(folder, stems=None) -> List[str]:
         os.remove(os.path.join(folder, name))
         removed.append(name)
     return removed
+
+
+def fsync_tree(directory) -> None:
+    """fsync every file under ``directory`` and the folders themselves."""
+    for dirpath, _, filenames in os.walk(directory):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(dirpath)
+
+
+def fsync_dir(directory) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_dir(path, tmp_prefix: str = ".tmp_") -> None:
+    """Delete a folder, renaming it to a temporary name first so that it never looks complete half-deleted."""
+    doomed = os.path.join(os.path.dirname(os.fspath(path)), f"{tmp_prefix}del_{os.path.basename(path)}_{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def atomic_replace_dir(tmp, final, tmp_prefix: str = ".tmp_") -> None:
+    """Make the finished folder ``tmp`` (in the same parent) become ``final``: fsync it, move an old ``final``
+    out of the way, rename, fsync the parent. A crash leaves the old folder or the new one under ``final``
+    (or, between the two renames, none: readers then see no complete folder, never half of one)."""
+    fsync_tree(tmp)
+    if os.path.exists(final):
+        remove_dir(final, tmp_prefix)
+    os.replace(tmp, final)
+    fsync_dir(os.path.dirname(os.path.abspath(final)))  # make the rename itself durable
 
 
 def is_image_file(name: str) -> bool:

@@ -22,34 +22,12 @@ from tqdm.auto import tqdm
 from .io import atomic_save_with, atomic_savez, atomic_write_json, remove_stale_temporaries
 from .pipelines import UViTPipeline, to_uint8
 from .rundir import changed_settings, refuse_changed, resolve_pipeline_dir
-
-# Every sampler starts from pure noise at the last training timestep (t = 999 of 1000) and takes
-# equal steps of 1000 / steps: diffusers' "trailing" spacing. Set explicitly for all of them, because
-# ``from_config`` otherwise inherits the base config's spacing: a DDPMScheduler config saved to disk says
-# "leading", with which DDIM at 4 steps runs [750, 500, 250, 0] and DPM++ at 50 steps starts at t = 950
-# (leading: the first step is at t < T, from an image that is pure noise only at T).
-TIMESTEP_SPACING = "trailing"
-_SPACING = {"timestep_spacing": TIMESTEP_SPACING}
-
-# name -> (diffusers class, extra config). "dpm++" is DPM-Solver++(2M), U-ViT's "fast" sampler family.
-SCHEDULERS = {
-    "ddpm": ("DDPMScheduler", {**_SPACING}),
-    "ddim": ("DDIMScheduler", {**_SPACING}),
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, **_SPACING}),
-    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **_SPACING}),
-    "euler": ("EulerDiscreteScheduler", {**_SPACING}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {**_SPACING}),
-    "heun": ("HeunDiscreteScheduler", {**_SPACING}),
-    "unipc": ("UniPCMultistepScheduler", {**_SPACING}),
-    "pndm": ("PNDMScheduler", {**_SPACING}),
-}
-
+from .schedulers import SCHEDULERS, scheduler_name
+from .seeds import image_seed
 
 def make_scheduler(name: str, base_config):
     """A scheduler ``name`` (see ``SCHEDULERS``) built with ``from_config`` from a pipeline's scheduler config."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    cls_name, extra = SCHEDULERS[name]
+    cls_name, extra = SCHEDULERS[scheduler_name(name)]
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
 
@@ -87,11 +65,6 @@ def load_pipeline(path: str, device=None, scheduler: Optional[str] = None, varia
     if device is not None:
         pipe.to(device)
     return pipe
-
-
-def image_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for image ``index`` of a run with ``seed`` (SeedSequence: no collisions across runs)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def image_labels(num_classes: int, seed: int, indices: Sequence[int]) -> List[int]:
@@ -230,9 +203,10 @@ def merge_parts(out_dir: str, num_images: int, batch_size: int, name: str = "ima
     return out
 
 
-def iter_pipeline_batches(pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
-                          rank: int = 0, world: int = 1, **kwargs) -> Iterator[Tuple[int, np.ndarray]]:
-    """(start index, uint8 NHWC batch) for this process's batches, sampled in memory."""
+def pipeline_batches(pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
+                     rank: int = 0, world: int = 1, **kwargs) -> Iterator[np.ndarray]:
+    """This process's uint8 NHWC batches of the run ``seed``, sampled in memory (e.g. to feed the metrics:
+    ``FIDEvaluator.score_images(pipeline_batches(...), gather=world > 1)``)."""
     pipeline.set_progress_bar_config(disable=True)
     for start, end in batch_ranges(num_images, batch_size, rank, world):
-        yield start, sample_batch(pipeline, range(start, end), num_inference_steps, seed, **kwargs)
+        yield sample_batch(pipeline, range(start, end), num_inference_steps, seed, **kwargs)

@@ -127,11 +127,11 @@ def test_fid_and_kid_grow_with_noise(evaluator, feats_by_noise):
 
 @pytest.mark.parametrize("n_fake", [40, 200])  # fewer / more samples than dimensions: both code paths
 def test_seeded_state_and_distance_equal_torchmetrics(n_fake):
-    """Seeding torchmetrics' real state from mean/cov, then our eigh-based distance, gives the FID that
+    """Our eigh-based distance between the reference moments and the generated features' moments gives the FID that
     torchmetrics computes from the raw features (64-d here: its eigvals takes a minute at 2048-d on CPU)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from cogdiff.metrics.evaluator import _fid_moments, _Precomputed
+    from cogdiff.metrics.evaluator import _Precomputed, moments
     from cogdiff.metrics.stats import frechet_distance
 
     g = torch.Generator().manual_seed(0)
@@ -145,13 +145,10 @@ def test_seeded_state_and_distance_equal_torchmetrics(n_fake):
     direct.update(real, real=True)
     direct.update(fake, real=False)
     expected = float(direct.compute())
-    seeded = FrechetInceptionDistance(feature=_Precomputed(64))
-    for k, v in stats.torchmetrics_state().items():
-        setattr(seeded, k, v)
-    seeded.update(fake, real=False)
     assert expected > 0.5
-    assert float(seeded.compute()) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(*_fid_moments(seeded), x2=fake) == pytest.approx(expected, rel=1e-6)
+    mu, sigma = torch.from_numpy(stats.mu), torch.from_numpy(stats.sigma)
+    assert frechet_distance(mu, sigma, *moments(fake), x2=fake) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu, sigma, *moments(fake)) == pytest.approx(expected, rel=1e-6)  # the dim x dim path
 
 
 def test_ref_stats_round_trip_cache_and_fingerprint(tmp_path, ref_path, images, extractor):
@@ -222,7 +219,7 @@ def test_cli_ref_and_calc(tmp_path, images, ref_path, capsys):
 
 
 def test_count_source(tmp_path, images):
-    from cogdiff.metrics.images import count_source
+    from cogdiff.sources import count_source
 
     np.savez(tmp_path / "a.npz", images=images[:5])
     np.savez(tmp_path / "b.npz", x=images[:3], y=images[:2])
@@ -288,12 +285,12 @@ def test_full_weights_need_torch_fidelity(tmp_path, monkeypatch):
 def test_dataset_source_matches_cogdiff_data():
     from cogdiff.config import DataConfig
     from cogdiff.data import build_dataset
-    from cogdiff.metrics.images import load_source
+    from cogdiff.sources import load_source
 
     images = load_source("dataset:kind=synthetic,limit=8")
     stored = build_dataset(DataConfig(kind="synthetic", limit=8, random_flip=False)).images.permute(0, 2, 3, 1).numpy()
     assert images.dtype == np.uint8 and np.array_equal(images, stored)
-    with pytest.raises(ValueError, match="unknown dataset keys"):
+    with pytest.raises(ValueError, match="unknown key data.colour"):
         load_source("dataset:kind=synthetic,colour=red")
     with pytest.raises(ValueError, match="path=PATH"):
         load_source("dataset:split=train")
@@ -302,7 +299,7 @@ def test_dataset_source_matches_cogdiff_data():
 def test_dataset_source_reads_stored_uint8(monkeypatch):
     """The dataset's uint8 array is read directly, not converted to [-1, 1] floats and back."""
     from cogdiff import data
-    from cogdiff.metrics.images import load_source
+    from cogdiff.sources import load_source
 
     expected = load_source("dataset:kind=synthetic,limit=5")
 
@@ -327,7 +324,7 @@ def _gather_worker(rank, world, port, queue):
 
 
 def test_gather_rows_across_processes():
-    """What score_pipeline does under accelerate/torch.distributed: features of all ranks, in rank order."""
+    """What score_images(..., gather=True) does under accelerate/torch.distributed: features of all ranks, in rank order."""
     import socket
 
     import torch.multiprocessing as mp

@@ -262,14 +262,16 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
 
     calls = []
 
-    class FakeEvaluator:  # stands in for the Inception-based evaluator; samples through the given pipeline
+    class FakeEvaluator:  # stands in for the Inception-based evaluator; takes the sampled uint8 batches
         def __init__(self, ref_stats, device=None, weights=None):
             calls.append(("init", ref_stats, weights))
 
-        def score_pipeline(self, pipeline, num_images, batch_size, num_inference_steps, seed=0, **kw):
-            img = pipeline(batch_size=2, num_inference_steps=num_inference_steps, class_labels=[0, 3], output_type="pt").images
-            calls.append(("score", num_images, batch_size, num_inference_steps, pipeline.transformer.training, tuple(img.shape)))
-            return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": num_images}
+        def score_images(self, batches, gather=False, **kw):
+            training = batches.gi_frame.f_locals["pipeline"].transformer.training  # the sampler's model
+            shapes = [b.shape for b in batches]
+            n = sum(s[0] for s in shapes)
+            calls.append(("score", n, [s[0] for s in shapes], shapes[0][1:], training, gather))
+            return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": n}
 
     monkeypatch.setattr(cogdiff.metrics, "FIDEvaluator", FakeEvaluator)
     cfg = micro_cfg(tmp_path, "model.num_classes=4", "train.grad_accum=2", "train.steps=6", "train.fid_every=3",
@@ -277,7 +279,8 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
                     "train.checkpoint_every=100")
     run_training(cfg)
     assert calls[0] == ("init", "ref.npz", None)
-    assert calls[1] == ("score", 8, 4, 2, False, (2, 3, 16, 16))  # the EMA copy (eval mode) is sampled
+    # sample.batch_size batches of uint8 NHWC images from the EMA copy (eval mode), one process: no gather
+    assert calls[1] == ("score", 8, [4, 4], (16, 16, 3), False, False)
     fid = rows(tmp_path / "fid.jsonl")
     assert [r["step"] for r in fid] == [3, 6] and fid[0]["fid"] == 12.0
     assert fid[0] == {"step": 3, "fid": 12.0, "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": 8,

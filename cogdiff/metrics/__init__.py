@@ -2,8 +2,8 @@
 
     from cogdiff.metrics import FIDEvaluator
     ev = FIDEvaluator("cifar10_train.npz")           # built once: python -m cogdiff.metrics ref ...
-    ev.score_pipeline(pipe, num_images=10_000, batch_size=500, num_inference_steps=50, scheduler="dpm++")
-    ev.score_source("samples/images.npz")            # or an image folder, or ev.score_images(uint8 array)
+    ev.score_images(images)                          # uint8 (N, H, W, C) array, or an iterable of batches
+    ev.score_images(iter_source("samples/images.npz"))   # cogdiff.sources: a folder, an .npz or dataset:...
 
 CLI: ``python -m cogdiff.metrics ref SOURCE --out STATS.npz`` and ``... calc SOURCE --ref STATS.npz``.
 """

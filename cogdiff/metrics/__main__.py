@@ -16,11 +16,12 @@ import json
 import os
 import sys
 
+from ..cli import run_cli
 from ..io import atomic_write_text
-from .evaluator import DEFAULT_INCEPTION_BATCH
-from ..cli import one_line_warnings
-from .inception import ALLOW_UNVERIFIED_FLAG
-from .stats import DEFAULT_KID_FEATURES
+from ..sources import count_source, iter_source
+from .evaluator import DEFAULT_INCEPTION_BATCH, FIDEvaluator
+from .inception import ALLOW_UNVERIFIED_FLAG, InceptionFeatures
+from .stats import DEFAULT_KID_FEATURES, ensure_ref_stats
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -50,11 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from .evaluator import FIDEvaluator
-    from .images import count_source, iter_source
-    from .inception import InceptionFeatures
-    from .stats import ensure_ref_stats
-
     progress = not args.no_progress
     if args.cmd == "ref":
         extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
@@ -67,7 +63,7 @@ def _run(args) -> None:
         return
     ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size,
                       allow_unverified=args.allow_unverified_weights)
-    out = ev.score_source(args.source, progress=progress)
+    out = ev.score_images(iter_source(args.source), progress=progress, total=count_source(args.source) if progress else None)
     if ev.inception_score_note:
         out["inception_score_note"] = ev.inception_score_note
         print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
@@ -80,13 +76,7 @@ def _run(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with one_line_warnings():
-            _run(args)
-    except (FileNotFoundError, ValueError, RuntimeError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: _run(args), (FileNotFoundError, ValueError, RuntimeError, TypeError), warnings_one_line=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
-"""FID / KID (/ IS) of generated images against cached reference statistics, through torchmetrics.
+"""FID / KID (/ IS) of generated images against cached reference statistics.
 
-Only generated images go through the Inception network: torchmetrics' FID real-image state is seeded
-from the reference moments and KID's real features from the stored subset. Features are extracted
-once and fed to both metrics (torchmetrics sees them through an identity "feature extractor").
-The Frechet distance itself is evaluated from torchmetrics' accumulated state by
-:func:`~cogdiff.metrics.stats.frechet_distance` (exact, symmetric eigendecompositions; torchmetrics'
-general ``eigvals`` of a 2048x2048 product took about a minute on a 2-core CPU); a test checks
-both give the same value. KID and IS are torchmetrics' own computations.
-Under ``torch.distributed`` (e.g. ``accelerate launch``), :meth:`FIDEvaluator.score_pipeline` splits the
-batches across processes and gathers the features; every process returns the same numbers.
+Only generated images go through the Inception network; they come in as uint8 batches (an array or any
+iterable: the caller decides whether they are sampled, read from a folder or taken from a dataset). FID is
+the Frechet distance between the reference moments and the generated features' moments, evaluated by
+:func:`~cogdiff.metrics.stats.frechet_distance` (exact, symmetric eigendecompositions; torchmetrics' general
+``eigvals`` of a 2048x2048 product took about a minute on a 2-core CPU; a test checks both give the same
+value). KID (against the stored real-feature subset) and IS are torchmetrics' own computations, fed the
+features through an identity "feature extractor". Under ``torch.distributed`` (e.g. ``accelerate launch``),
+``score_images(..., gather=True)`` on every process scores the union of their batches.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
-from .images import count_source, iter_source
 from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
 from .stats import UNKNOWN, RefStats, frechet_distance, progress_images, psd_sqrt
 
@@ -47,15 +47,12 @@ class _Precomputed(nn.Module):
         return x
 
 
-def _fid_moments(fid) -> tuple:
-    """(mu_real, cov_real, mu_fake, cov_fake) from torchmetrics' FID state (its own formulas)."""
-    out = []
-    for kind in ("real", "fake"):
-        n = getattr(fid, f"{kind}_features_num_samples")
-        mu = getattr(fid, f"{kind}_features_sum") / n
-        cov = (getattr(fid, f"{kind}_features_cov_sum") - n * torch.outer(mu, mu)) / (n - 1)
-        out += [mu, cov]
-    return tuple(out)
+def moments(feats: torch.Tensor) -> tuple:
+    """(mean, unbiased covariance) of (N, D) features, in float64."""
+    f = feats.double()
+    mu = f.mean(0)
+    xc = f - mu
+    return mu, xc.T @ xc / (len(f) - 1)
 
 
 def _dist() -> tuple:
@@ -134,17 +131,13 @@ class FIDEvaluator:
 
     def score_features(self, feats: torch.Tensor, logits: Optional[torch.Tensor] = None) -> dict:
         """Metrics of generated-image features (all of them: not split across processes)."""
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
-
         n = len(feats)
         if n < 2:
             raise ValueError(f"FID needs at least 2 generated images, got {n}")
-        fid = FrechetInceptionDistance(feature=_Precomputed(NUM_FEATURES), sync_on_compute=False).to(self.device)
-        for name, value in self.ref.torchmetrics_state(self.device).items():
-            setattr(fid, name, value)
-        fid.update(feats.to(self.device), real=False)
-        value = frechet_distance(*_fid_moments(fid), x2=feats.to(self.device), sqrt_sigma1=self._sqrt_ref_sigma(n))
+        feats = feats.to(self.device)
+        ref_mu = torch.as_tensor(self.ref.mu, dtype=torch.float64, device=self.device)
+        ref_sigma = torch.as_tensor(self.ref.sigma, dtype=torch.float64, device=self.device)
+        value = frechet_distance(ref_mu, ref_sigma, *moments(feats), x2=feats, sqrt_sigma1=self._sqrt_ref_sigma(n))
         out = {"fid": value, "kid_mean": None, "kid_std": None, "kid_subset_size": None, "num_images": n,
                "inception_score": None, "is_std": None}
 
@@ -182,8 +175,6 @@ class FIDEvaluator:
         return self._sqrt_sigma
 
     def _inception_score(self, logits: torch.Tensor) -> dict:
-        from torchmetrics.image.inception import InceptionScore
-
         metric = InceptionScore(feature=_Precomputed(NUM_LOGITS), splits=IS_SPLITS, sync_on_compute=False)
         metric.update(logits.float().cpu())
         mean, std = metric.compute()
@@ -199,71 +190,35 @@ class FIDEvaluator:
             )
         return self._inception_score(self.features(images)[1])
 
-    def score_images(self, images, progress: bool = False, total: Optional[int] = None) -> dict:
-        """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches
-        (``progress``: a tqdm bar over images; ``total`` sizes it for an iterable)."""
-        t0 = time.perf_counter()
+    def score_images(self, images, progress: bool = False, total: Optional[int] = None, gather: bool = False) -> dict:
+        """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches (the
+        caller decides where they come from: a sampler, a folder, a dataset). ``progress``: a tqdm bar over images
+        (``total`` sizes it for an iterable). ``gather``: under torch.distributed each process passes its own share
+        and all get the scores of every image (call it on every process). ``last_timings`` splits the time into
+        waiting for the batches (``source_s``: e.g. sampling), Inception and the metrics."""
         if isinstance(images, (np.ndarray, torch.Tensor)):
             total = len(images)
             step = self.inception_batch_size
-            batches = (images[i : i + step] for i in range(0, len(images), step))
-        else:
-            batches = images
-        feats, logits = [], []
-        for batch in progress_images(batches, "Inception features", total, progress):
-            f, lg = self.features(batch)
-            feats.append(f)
-            if lg is not None:
-                logits.append(lg)
-        self._sync()
-        t1 = time.perf_counter()
-        out = self.score_features(torch.cat(feats), torch.cat(logits) if logits else None)
-        self.last_timings = {"inception_s": t1 - t0, "metrics_s": time.perf_counter() - t1}
-        return out
-
-    def score_source(self, source: str, progress: bool = False) -> dict:
-        """Score an image folder or an .npz of uint8 images (see :func:`cogdiff.metrics.images.iter_source`)."""
-        return self.score_images(iter_source(source), progress=progress, total=count_source(source) if progress else None)
-
-    score_folder = score_source
-
-    def score_pipeline(self, pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
-                       scheduler: Optional[str] = None, guidance_scale: float = 1.0, bf16: bool = False,
-                       class_label: Optional[int] = None, progress: bool = False) -> dict:
-        """Sample ``num_images`` (per-image seeds, see :mod:`cogdiff.sampling`) and score them.
-
-        ``scheduler`` (e.g. ``"dpm++"``) replaces the pipeline's scheduler for this call only. Under
-        torch.distributed every process samples its share of the batches; call it on all processes.
-        """
-        from tqdm.auto import tqdm
-
-        from ..sampling import batch_ranges, iter_pipeline_batches, with_scheduler
-
-        rank, world = _dist()
-        pipe = with_scheduler(pipeline, scheduler)
-        batches = iter_pipeline_batches(pipe, num_images, batch_size, num_inference_steps, seed, rank=rank, world=world,
-                                        guidance_scale=guidance_scale, bf16=bf16, class_label=class_label)
-        total = len(batch_ranges(num_images, batch_size, rank, world))
-        feats, logits, t_sample, t_incep = [], [], 0.0, 0.0
+            images = (images[i : i + step] for i in range(0, len(images), step))
+        feats, logits, t_source, t_incep = [], [], 0.0, 0.0
         t = time.perf_counter()
-        for _, images in tqdm(batches, total=total, desc="sample+score", disable=not progress):
-            t_sample += time.perf_counter() - t  # to_uint8 already synchronised the device
+        for batch in progress_images(images, "Inception features", total, progress):
+            t_source += time.perf_counter() - t
             t = time.perf_counter()
-            f, lg = self.features(images)
+            f, lg = self.features(batch)
             self._sync()
             feats.append(f)
             if lg is not None:
                 logits.append(lg)
             t_incep += time.perf_counter() - t
             t = time.perf_counter()
-        # a process may own no batch (fewer batches than processes): it still joins the gather
-        feats = gather_rows(torch.cat(feats) if feats else torch.zeros(0, NUM_FEATURES, device=self.device))
-        if self.extractor.has_logits:
-            logits = gather_rows(torch.cat(logits) if logits else torch.zeros(0, NUM_LOGITS, device=self.device))
-        else:
-            logits = None
+        feats = torch.cat(feats) if feats else torch.zeros(0, NUM_FEATURES, device=self.device)
+        logits = torch.cat(logits) if logits else (torch.zeros(0, NUM_LOGITS, device=self.device)
+                                                   if self.extractor.has_logits else None)
+        if gather:  # a process may own no batch (fewer batches than processes): it still joins the gather
+            feats = gather_rows(feats)
+            logits = gather_rows(logits) if logits is not None else None
         t = time.perf_counter()
         out = self.score_features(feats, logits)
-        self.last_timings = {"sampling_s": t_sample, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}
+        self.last_timings = {"source_s": t_source, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}
         return out
-

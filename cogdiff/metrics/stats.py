@@ -144,18 +144,6 @@ class RefStats:
             )
         return stats
 
-    def torchmetrics_state(self, device=None) -> dict:
-        """The real-image state of torchmetrics' FrechetInceptionDistance equivalent to these moments.
-        A file without ``count`` (e.g. pytorch-fid's) uses n = 2: FID depends only on mu and sigma."""
-        n = self.count if self.count >= 2 else 2
-        mu = torch.as_tensor(self.mu, dtype=torch.float64, device=device)
-        sigma = torch.as_tensor(self.sigma, dtype=torch.float64, device=device)
-        return dict(
-            real_features_sum=mu * n,
-            real_features_cov_sum=sigma * (n - 1) + n * torch.outer(mu, mu),
-            real_features_num_samples=torch.tensor(n, dtype=torch.long, device=device),
-        )
-
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
                      x2: Optional[torch.Tensor] = None, sqrt_sigma1: Optional[torch.Tensor] = None) -> float:

@@ -12,7 +12,8 @@ from .checkpoint import (
     save_checkpoint,
     write_pipeline,
 )
-from .diffusion import derive_seed, diffusion_loss, drop_labels, make_noise_scheduler
+from ..seeds import derive_seed
+from .diffusion import diffusion_loss, drop_labels, make_noise_scheduler
 from .ema import EMA
 from .runlog import RunLog, gpu_memory_gb
 

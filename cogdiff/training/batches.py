@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import derive_seed
+from ..seeds import derive_seed
 
 DATA_STREAM = 1  # seed stream of the epoch permutations (the per-step noise uses another)
 

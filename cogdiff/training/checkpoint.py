@@ -20,6 +20,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from ..io import atomic_replace_dir, remove_dir
 from ..models import UViTModel
 from ..pipelines import UViTPipeline
 
@@ -74,29 +75,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(directory: Path) -> None:
-    for dirpath, _, filenames in os.walk(directory):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(dirpath)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_dir(path: Path) -> None:
-    """Delete a folder, renaming it to a temporary name first so it never looks like a checkpoint."""
-    doomed = path.with_name(f"{TMP_PREFIX}del_{path.name}_{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
 def save_checkpoint(accelerator, root: Path, step: int, write_main: Callable[[Path], None], keep_last: int) -> Path:
     """Write checkpoint ``step`` atomically. Every process saves its RNG state; the main process calls
     ``write_main(tmp_dir)`` for the rest, renames the folder into place and prunes to ``keep_last``."""
@@ -112,14 +90,10 @@ def save_checkpoint(accelerator, root: Path, step: int, write_main: Callable[[Pa
         write_main(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _fsync_tree(tmp)
-        if final.exists():
-            _remove_dir(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)  # make the rename itself durable
+        atomic_replace_dir(tmp, final, TMP_PREFIX)
         if keep_last > 0:
             for old in list_checkpoints(root)[:-keep_last]:
-                _remove_dir(old)
+                remove_dir(old, TMP_PREFIX)
     accelerator.wait_for_everyone()
     return final
 
@@ -168,8 +142,5 @@ def export_pipeline(checkpoint: Path, out_dir: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(TRAINING_STATE, "rng_state_*.pt"))
-    _fsync_tree(tmp)
-    if out_dir.exists():
-        _remove_dir(out_dir)
-    os.replace(tmp, out_dir)
+    atomic_replace_dir(tmp, out_dir, TMP_PREFIX)
     return out_dir

@@ -1,13 +1,13 @@
-"""The diffusion pieces of training: noise schedule, loss, per-step seeds (sampling schedulers: cogdiff.sampling)."""
+"""The diffusion pieces of training: noise schedule, loss, per-step seeds (sampling schedulers: cogdiff.sampling; seeds: cogdiff.seeds)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+
 
 
 def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
@@ -21,12 +21,6 @@ def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:
         prediction_type=cfg_diffusion.prediction_type,
         clip_sample=clip,
     )
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys (numpy ``SeedSequence``), e.g. (seed, stream, step, rank)."""
-    lo, hi = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
-    return (int(hi) << 32 | int(lo)) & (2**63 - 1)
 
 
 def drop_labels(labels: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:

@@ -32,7 +32,8 @@ from ..io import atomic_save_with, atomic_savez, atomic_write_json, atomic_write
 from ..metrics import FIDEvaluator
 from ..metrics.inception import ALLOW_UNVERIFIED_FLAG
 from ..rundir import PIPELINE_SUBDIR, RunDir, git_commit, package_versions
-from ..sampling import SCHEDULERS, check_pipeline, load_pipeline, sample_batch
+from ..sampling import SCHEDULERS, check_pipeline, load_pipeline, pipeline_batches, sample_batch
+from ..schedulers import scheduler_name
 
 SEED_RULE = "image i uses torch.Generator().manual_seed(cogdiff.sampling.image_seed(seed, i)) on the CPU"
 
@@ -116,7 +117,8 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         model, variant = split_variant(spec)
         pipe = load_pipeline(model, device=device, scheduler=scheduler, variant=variant)
         t0 = time.perf_counter()
-        scores = ev.score_pipeline(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16, progress=progress)
+        batches = pipeline_batches(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16)
+        scores = ev.score_images(batches, progress=progress, total=num_images)
         elapsed = time.perf_counter() - t0
         k = min(grid_images, num_images)
         grids[label] = sample_batch(pipe, range(k), steps, seed, guidance_scale, bf16)
@@ -131,7 +133,7 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
                          attention_types=pipe.transformer.attention_types(),
                          params=sum(p.numel() for p in pipe.transformer.parameters()),
                          run_dir=os.path.abspath(run_dir) if run_dir else None, **scores,
-                         sample_s=round(ev.last_timings.get("sampling_s", 0.0), 3), total_s=round(elapsed, 3),
+                         sample_s=round(ev.last_timings.get("source_s", 0.0), 3), total_s=round(elapsed, 3),
                          last_logged_fid=run_fid[-1] if run_fid else None))
         del pipe
     record = dict(
@@ -169,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--labels", default=None, help="comma-separated names (default: folder names)")
     ap.add_argument("-n", "--num-images", type=int, default=10_000)
-    ap.add_argument("--scheduler", default="dpm++", choices=sorted(SCHEDULERS))
+    ap.add_argument("--scheduler", default="dpm++", type=scheduler_name, choices=sorted(SCHEDULERS),
+                    help="sampler (diffusers-style aliases such as dpmsolver++ work too)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)

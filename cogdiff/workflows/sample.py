@@ -18,7 +18,8 @@ import sys
 import torch
 from accelerate import PartialState
 
-from ..sampling import SCHEDULERS, load_pipeline, merge_parts, sample_to_dir, scheduler_label
+from ..sampling import load_pipeline, merge_parts, sample_to_dir, scheduler_label
+from ..schedulers import SCHEDULERS, scheduler_name
 from ..cli import run_cli
 
 
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("-n", "--num-images", type=int, required=True)
     ap.add_argument("--variant", default=None, help="weights variant, e.g. raw (non-EMA weights of a training checkpoint)")
-    ap.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS), help="default: the pipeline's own")
+    ap.add_argument("--scheduler", default=None, type=scheduler_name, choices=sorted(SCHEDULERS),
+                    help="default: the pipeline's own (diffusers-style aliases such as dpmsolver++ work too)")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
     ap.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance w (1 = off)")
     ap.add_argument("--class-label", type=int, default=None, help="one label for all images (default: uniform per image)")

@@ -30,7 +30,7 @@ from ..data import build_dataset
 from ..models import UViTModel, uvit_config
 from ..pipelines import UViTPipeline
 from ..rundir import RunDir, changed_settings, refuse_changed
-from ..sampling import make_scheduler
+from ..sampling import make_scheduler, pipeline_batches
 from ..training import (
     EMA,
     BatchPlan,
@@ -356,10 +356,12 @@ class Hooks:
             self.log.grid(sample_images(self.pipeline, self.t.cfg, self.t.num_classes), done)
 
     def score_fid(self, done: int) -> None:
-        cfg, s = self.t.cfg, self.t.cfg.sample
-        result = self.t.fid.score_pipeline(self.pipeline, num_images=cfg.train.fid_num_images, batch_size=s.batch_size,
-                                           num_inference_steps=s.num_inference_steps, seed=s.seed,
-                                           guidance_scale=s.guidance_scale, bf16=cfg.train.mixed_precision == "bf16")
+        """FID of ``train.fid_num_images`` EMA samples; every process samples its share of the batches."""
+        cfg, s, acc = self.t.cfg, self.t.cfg.sample, self.t.accelerator
+        batches = pipeline_batches(self.pipeline, cfg.train.fid_num_images, s.batch_size, s.num_inference_steps, s.seed,
+                                   rank=acc.process_index, world=acc.num_processes, guidance_scale=s.guidance_scale,
+                                   bf16=cfg.train.mixed_precision == "bf16")
+        result = self.t.fid.score_images(batches, gather=acc.num_processes > 1)
         if self.t.is_main:
             keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,

@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-from cogdiff.analysis.runs import read_jsonl
+from cogdiff.rundir import read_jsonl
 from cogdiff.report import paired_loss
 
 HERE = Path(__file__).resolve().parent

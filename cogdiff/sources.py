@@ -1,36 +1,39 @@
-"""Image sources for the metrics: a folder of image files, an .npz of uint8 images, or a cogdiff dataset.
-
-Every source yields uint8 NHWC batches (C = 1 or 3) in a fixed order, so its fingerprint is stable.
+"""Image sources named on command lines: a folder of image files, an .npz of uint8 images, or a cogdiff dataset
+(``dataset:kind=cifar10,path=/data/cifar10,split=train``). Every source yields uint8 NHWC batches (C = 1 or 3)
+in a fixed order, so its fingerprint is stable; the metrics take such batches from any caller.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Iterator, List, Optional
 
 import numpy as np
 
-from ..latents.images import IMAGE_EXTENSIONS as IMAGE_EXTS
+import torch
+from PIL import Image
+
+from .config import data_config_from_spec
+from .data import build_dataset
+from .io import IMAGE_EXTENSIONS
+from .io import list_image_files as _all_image_files
 
 DATASET_PREFIX = "dataset:"
 
 
 def list_image_files(folder: str) -> List[str]:
-    """All image files under ``folder`` (recursively), sorted by relative path."""
+    """All image files under ``folder`` (recursively), sorted by relative path; an error if there are none."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
-    files = []
-    for root, _, names in os.walk(folder):
-        files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTS)]
+    files = _all_image_files(folder)
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTS)}) under {folder!r}")
-    return sorted(files, key=lambda p: os.path.relpath(p, folder))
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
+    return files
 
 
 def read_image(path: str) -> np.ndarray:
     """One image file -> uint8 HWC; grayscale stays 1 channel, anything else becomes RGB."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB")
         a = np.asarray(im, dtype=np.uint8)
@@ -51,8 +54,8 @@ def load_npz_images(path: str) -> np.ndarray:
 
 
 def parse_dataset_spec(spec: str) -> dict:
-    """``dataset:kind=cifar10,path=/data/cifar10,split=train`` -> ``{"kind": "cifar10", ...}`` (the keys are
-    :class:`cogdiff.config.DataConfig` fields: kind, path, split, resolution, limit, ...)."""
+    """``dataset:kind=cifar10,path=/data/cifar10,split=train`` -> ``{"kind": "cifar10", ...}`` (text values; the keys
+    are :class:`cogdiff.config.DataConfig` fields: kind, path, split, resolution, limit, ...)."""
     body = spec[len(DATASET_PREFIX) :]
     cfg = {}
     for item in filter(None, body.split(",")):
@@ -65,35 +68,11 @@ def parse_dataset_spec(spec: str) -> dict:
     return cfg
 
 
-def _spec_value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
-    """Batches of ``cogdiff.data.build_dataset`` (a :class:`cogdiff.config.DataConfig` from ``spec``), in
-    index order, without random flips: the stored uint8 images (``ds.images``, NCHW) when the dataset
-    holds them; otherwise its [-1, 1] batches rounded back to uint8."""
-    import dataclasses
-
-    import torch
-
-    from ..config import DataConfig
-    from ..data import build_dataset
-
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    unknown = sorted(set(spec) - fields)
-    if unknown:
-        raise ValueError(f"unknown dataset keys {unknown}; valid: {sorted(fields)}")
-    cfg = DataConfig(**{k: _spec_value(v) for k, v in spec.items()})
-    cfg.random_flip, cfg.keep_on_device = False, False  # reference statistics: the images as stored
-    ds = build_dataset(cfg, "cpu")
-    n = ds.num_examples
-    stored = getattr(ds, "images", None)
+def dataset_batches(dataset, batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 NHWC batches of a cogdiff dataset in index order: its stored uint8 images (``images``, NCHW) when it
+    holds them, otherwise its [-1, 1] batches (no flips: ``generator=None``) rounded back to uint8."""
+    n = dataset.num_examples
+    stored = getattr(dataset, "images", None)
     if not (isinstance(stored, torch.Tensor) and stored.dtype == torch.uint8 and stored.dim() == 4):
         stored = None
     for start in range(0, n, batch_size):
@@ -101,9 +80,16 @@ def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
         if stored is not None:
             x = stored[start:end].cpu()
         else:
-            x, _ = ds.get_batch(torch.arange(start, end), None)
+            x, _ = dataset.get_batch(torch.arange(start, end), None)
             x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         yield x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
+    """Reference images of ``dataset:...``: the images as stored (no random flips, on the CPU)."""
+    cfg = data_config_from_spec(spec)
+    cfg.random_flip, cfg.keep_on_device = False, False
+    yield from dataset_batches(build_dataset(cfg, "cpu"), batch_size)
 
 
 def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
@@ -128,8 +114,6 @@ def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
 
 def count_source(source: str) -> Optional[int]:
     """Number of images in a folder or .npz source without reading the pixels; None if unknown (datasets)."""
-    import zipfile
-
     try:
         if os.path.isdir(source):
             return len(list_image_files(source))
