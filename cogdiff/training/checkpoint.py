@@ -30,10 +30,12 @@ RAW_VARIANT = "raw"  # raw (non-EMA) weights: transformer/diffusion_pytorch_mode
 
 def write_pipeline(directory: Path, ema_model, raw_model, scheduler, vae=None) -> None:
     """Save a ``UViTPipeline`` (EMA weights) and add the raw weights as the ``raw`` variant."""
+    from ..io import give_usual_permissions
     from ..pipelines import UViTPipeline
 
     UViTPipeline(transformer=ema_model, scheduler=scheduler, vae=vae).save_pretrained(directory)
     raw_model.save_pretrained(Path(directory) / "transformer", variant=RAW_VARIANT)
+    give_usual_permissions(directory)  # safetensors writes 0600 files
 
 
 def list_checkpoints(root: Path) -> List[Path]:
