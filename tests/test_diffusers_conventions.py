@@ -220,7 +220,8 @@ def test_model_card_contents(tmp_path):
     text = card.text
     assert f"Parameters: {sum(x.numel() for x in p.transformer.parameters()):,}" in text
     types = p.transformer.attention_types()
-    assert len(types) == 5 and f"{', '.join(types)} (cog: {types.count('cog')}, softmax: {types.count('softmax')})" in text
+    counts = f"(cog: {types.count('cog')}, softmax: {types.count('softmax')})"
+    assert len(types) == 5 and f"{', '.join(types)} {counts}" in text
     for expected in ["Training data: cifar10 (50,000 train images)", "Training steps: 25000", "FID: 7.25",
                      "FID protocol: FID-10k, dpm++ 50 steps", "`python train.py --config configs/cifar10.yaml`",
                      "depth: 4", "embed_dim: 32", "10 classes", "DDPMScheduler", "pixel space"]:

@@ -28,12 +28,13 @@ DtypeArg = Optional[Union[torch.dtype, Dict[str, torch.dtype]]]
 def read_model_index(folder: str) -> dict:
     """The parsed ``model_index.json`` of a local pipeline folder (one-line errors for anything else)."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder!r} is not a local folder: pass a pipeline folder saved with "
-                                "save_pretrained (download a Hub repository first, e.g. huggingface_hub.snapshot_download)")
+        raise FileNotFoundError(f"{folder!r} is not a local folder: pass a pipeline folder saved with save_pretrained "
+                                "(download a Hub repository first, e.g. with huggingface_hub.snapshot_download)")
     path = os.path.join(folder, MODEL_INDEX)
     if not os.path.isfile(path):
         inner = sorted(d for d in os.listdir(folder) if os.path.isfile(os.path.join(folder, d, MODEL_INDEX)))
-        hint = f"load {os.path.join(folder, inner[0])!r} instead" if inner else "save one with UViTPipeline.save_pretrained"
+        hint = f"load {os.path.join(folder, inner[0])!r} instead" if inner else \
+            "save one with UViTPipeline.save_pretrained"
         raise FileNotFoundError(f"{folder!r} is not a pipeline folder (no {MODEL_INDEX}): {hint}")
     try:
         with open(path, encoding="utf-8") as f:
@@ -114,7 +115,8 @@ def load_model(cls: type, folder: str, name: str, variant: Optional[str], dtype:
         return cls.from_pretrained(folder, subfolder=name, variant=variant, torch_dtype=dtype, use_safetensors=True)
     except OSError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load {file} (truncated or corrupt?): {reason}; re-save or copy the pipeline again") from None
+        raise ValueError(f"cannot load {file} (truncated or corrupt?): {reason}; "
+                         "re-save or copy the pipeline again") from None
 
 
 def dtype_for(torch_dtype: DtypeArg, name: str) -> Optional[torch.dtype]:

@@ -52,6 +52,7 @@ def model_card_text(pipeline, **info) -> str:
     conditional = cfg.num_classes is not None
     data = ModelCardData(library_name="diffusers", tags=["cogdiff", "u-vit", f"{cfg.attention_type}-attention"],
                          pipeline_tag="unconditional-image-generation" if not conditional else None)
+    labels = f"{cfg.num_classes} classes (label {cfg.num_classes} = null label)" if conditional else "none"
     space = "pixel space" if pipeline.vae is None else (
         f"latent space of an AutoencoderKL (scaling factor {pipeline.vae.config.scaling_factor})")
     lines = [
@@ -64,7 +65,7 @@ def model_card_text(pipeline, **info) -> str:
         *[f"- {k}: {getattr(cfg, k)}" for k in ARCH_KEYS if hasattr(cfg, k)],
         f"- Attention per block (in-blocks, mid-block, out-blocks): {attention_summary(model.attention_types())}",
         f"- Scheduler: {type(pipeline.scheduler).__name__}",
-        f"- Conditioning: {f'{cfg.num_classes} classes (label {cfg.num_classes} = null label)' if conditional else 'none'}",
+        f"- Conditioning: {labels}",
         "",
     ]
     facts = _info_lines(info)

@@ -172,7 +172,8 @@ class UViTPipeline(DiffusionPipeline):
         device, dtype = self._execution_device, self.transformer.dtype
         shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"{len(generator)} generators for a batch of {batch_size}: pass one per image or a single one")
+            raise ValueError(f"{len(generator)} generators for a batch of {batch_size}: "
+                             "pass one per image or a single one")
         if latents is None:  # drawn in float32, so a generator gives the same noise whatever the model dtype
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
