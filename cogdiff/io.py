@@ -24,6 +24,28 @@ TMP_MARK = ".tmp-"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
+    try:  # Linux: read the umask without changing it (os.umask would, briefly, for every thread)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_usual_permissions(folder) -> None:
+    """Give every file under ``folder`` the mode of a new file (safetensors 0.8's writer makes its files
+    private, 0600, whatever the umask)."""
+    mode = new_file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb", encoding=None) -> Iterator:
     """``with atomic_open(path, "w") as f: ...`` writes ``path`` atomically (nothing changes on error)."""
@@ -36,7 +58,7 @@ def atomic_open(path, mode: str = "wb", encoding=None) -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; keep the usual permissions
+        os.chmod(tmp, new_file_mode())  # mkstemp makes the file private; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -74,7 +96,7 @@ def atomic_save_with(path, save: Callable[[str], None], suffix: str = "") -> Non
     os.close(fd)
     try:
         save(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,4 +1,10 @@
-"""UViTPipeline: schedulers, determinism, save/load round trips, guidance, latent path, errors."""
+"""UViTPipeline: schedulers, determinism, save/load round trips, safe loading, guidance, latent path, errors."""
+
+import importlib.util
+import json
+import os
+import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -13,8 +19,12 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+import cogdiff.sampling as sampling
 from cogdiff import UViTModel, UViTPipeline
+from cogdiff.io import atomic_write_text
 from cogdiff.pipelines import classifier_free_guidance, to_uint8
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(sample_size=8, in_channels=3, patch_size=2, embed_dim=32, depth=2, num_heads=2)
 SCHEDULERS = {
@@ -79,12 +89,129 @@ def test_save_load_both_loaders_identical(tmp_path, attention_type):
         np.testing.assert_array_equal(run(q, class_labels=[1, 3], guidance_scale=2.0), ref)
 
 
-def test_tampered_shim_needs_trust(tmp_path):
+def test_tampered_shim_is_never_run(tmp_path):
     pipe().save_pretrained(tmp_path)
+    marker = tmp_path / "ran"
     with open(tmp_path / "pipeline_uvit.py", "a") as f:
-        f.write("print('hello')\n")
+        f.write(f"open({str(marker)!r}, 'w').close()\n")
+    assert type(UViTPipeline.from_pretrained(tmp_path)) is UViTPipeline  # the shim is not imported
     with pytest.raises(ValueError, match="trust_remote_code"):
-        UViTPipeline.from_pretrained(tmp_path)
+        DiffusionPipeline.from_pretrained(tmp_path)  # diffusers itself asks for the opt-in
+    assert not marker.exists()
+
+
+def evil_folder(src, dst, marker):
+    """The tampered folder of issue 17: a copy of a saved pipeline whose scheduler is code in the folder."""
+    shutil.copytree(src, dst)
+    (dst / "scheduler" / "evil_sched.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from diffusers import DDIMScheduler\n\nclass EvilScheduler(DDIMScheduler):\n    pass\n")
+    index = json.loads((dst / "model_index.json").read_text())
+    index["scheduler"] = ["evil_sched", "EvilScheduler"]
+    (dst / "model_index.json").write_text(json.dumps(index))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "pipe"
+    pipe(num_classes=3).save_pretrained(path)
+    return path
+
+
+def test_tampered_folder_refused_marker_never_written(saved, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    folder = evil_folder(saved, tmp_path / "evil", marker)
+    with pytest.raises(ValueError, match=r"evil_sched.*only diffusers scheduler classes"):
+        UViTPipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="evil_sched"):
+        sampling.load_pipeline(str(folder))
+    spec = importlib.util.spec_from_file_location("sample_script", os.path.join(ROOT, "sample.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(folder), "--out", str(tmp_path / "out"), "-n", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "evil_sched" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("transformer", ["evil_mod", "UViTModel"], "only cogdiff's UViTModel"),
+    ("transformer", ["cogdiff.models.uvit", "Evil"], "only cogdiff's UViTModel"),
+    ("scheduler", ["diffusers", "DiffusionPipeline"], "only diffusers scheduler classes"),
+    ("scheduler", ["diffusers", "__class__"], "only diffusers scheduler classes"),
+    ("vae", ["diffusers", "UNet2DModel"], "only diffusers' AutoencoderKL"),
+    ("text_encoder", ["transformers", "CLIPTextModel"], "component 'text_encoder'"),
+    ("_class_name", ["evil", "UViTPipeline"], "is for pipeline"),
+    ("scheduler", "DDIMScheduler", r"must be \[library, class name\]"),
+])
+def test_model_index_names_only_known_classes(saved, tmp_path, key, value, match):
+    folder = tmp_path / "p"
+    shutil.copytree(saved, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, key: value}))
+    with pytest.raises(ValueError, match=match) as e:
+        UViTPipeline.from_pretrained(folder)
+    assert "\n" not in str(e.value)
+
+
+def one_line(exc_info, *words):
+    msg = str(exc_info.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_loading_errors_are_one_line_and_name_the_file(saved, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(saved, run / "pipeline")
+    with pytest.raises(FileNotFoundError) as e:
+        UViTPipeline.from_pretrained(run)
+    one_line(e, str(run / "pipeline"), "model_index.json")
+    with pytest.raises(FileNotFoundError) as e:
+        UViTPipeline.from_pretrained(run / "pipeline", variant="raw")
+    one_line(e, "diffusion_pytorch_model.raw.safetensors")
+    weights = run / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError) as e:
+        UViTPipeline.from_pretrained(run / "pipeline")
+    one_line(e, str(weights), "truncated")
+    weights.unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        UViTPipeline.from_pretrained(run / "pipeline")
+    one_line(e, str(weights), "missing")
+    assert ".bin" not in str(e.value)
+    with pytest.raises(TypeError, match="never runs code"):
+        UViTPipeline.from_pretrained(saved, trust_remote_code=True)
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        UViTPipeline.from_pretrained("someone/some-model")
+
+
+def test_saved_files_have_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        pipe().save_pretrained(tmp_path)
+        modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+                 for p in tmp_path.rglob("*") if p.is_file()}
+        assert "transformer/diffusion_pytorch_model.safetensors" in modes and "README.md" in modes
+        assert set(modes.values()) == {0o644}, modes
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "x.txt", "x")
+        assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
+def test_bad_num_inference_steps(steps):
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1") as e:
+        pipe()(num_inference_steps=steps)
+    one_line(e)
+
+
+def test_guidance_needs_a_conditional_model():
+    with pytest.raises(ValueError, match="unconditional") as e:
+        pipe()(num_inference_steps=1, guidance_scale=3.0)
+    one_line(e, "guidance_scale=1")
 
 
 def test_stock_ddpm_pipeline_runs():
@@ -122,7 +249,7 @@ def test_class_labels_errors_and_random_labels():
     cond = pipe(num_classes=3)
     with pytest.raises(ValueError, match=r"in \[0, 3\)"):
         cond(batch_size=2, num_inference_steps=1, class_labels=[0, 3])
-    with pytest.raises(ValueError, match="2 labels"):
+    with pytest.raises(ValueError, match="batch_size=2 but 3 class_labels"):
         cond(batch_size=2, num_inference_steps=1, class_labels=[0, 1, 2])
     assert run(cond, num_inference_steps=1).shape == (2, 8, 8, 3)  # labels drawn from the generator
     with pytest.raises(ValueError, match="unconditional"):

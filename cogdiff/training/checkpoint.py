@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from ..io import atomic_replace_dir, remove_dir
+from ..io import atomic_replace_dir, give_usual_permissions, remove_dir
 from ..models import UViTModel
 from ..pipelines import UViTPipeline
 
@@ -36,6 +36,7 @@ def write_pipeline(directory: Path, ema_model, raw_model, scheduler, vae=None) -
     """Save a ``UViTPipeline`` (EMA weights) and add the raw weights as the ``raw`` variant."""
     UViTPipeline(transformer=ema_model, scheduler=scheduler, vae=vae).save_pretrained(directory)
     raw_model.save_pretrained(Path(directory) / "transformer", variant=RAW_VARIANT)
+    give_usual_permissions(directory)  # safetensors writes 0600 files
 
 
 def list_checkpoints(root: Path) -> List[Path]:
