@@ -63,8 +63,9 @@ def num_cog_heads(cog_heads: Optional[float], num_heads: int) -> int:
     """Heads of a Cog block that use Cog for a fraction ``cog_heads`` in (0, 1] (``None`` = all of them)."""
     if cog_heads is None:
         return num_heads
-    count = round(cog_heads * num_heads) if isinstance(cog_heads, (int, float)) else 0
-    if isinstance(cog_heads, bool) or not 0 < cog_heads <= 1 or abs(cog_heads * num_heads - count) > 1e-6:
+    number = isinstance(cog_heads, (int, float)) and not isinstance(cog_heads, bool)
+    count = round(cog_heads * num_heads) if number else 0
+    if not number or not 0 < cog_heads <= 1 or abs(cog_heads * num_heads - count) > 1e-6:
         raise ValueError(f"cog_heads must be a fraction in (0, 1] that is a whole number of the {num_heads} heads "
                          f"(e.g. {1 / 2 if num_heads % 2 == 0 else 1.0}), got {cog_heads!r}")
     return count
