@@ -195,11 +195,16 @@ def _convert(value: Any, hint: Any, where: str, from_string: bool = False) -> An
             return None
         if hint is not str and not (origin is typing.Union and str in args):
             value = yaml.safe_load(value)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or Union[X, Y, ...]: the first member that fits
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
+        members = [a for a in args if a is not type(None)]
+        for inner in members[:-1]:
+            try:
+                return _convert(value, inner, where, from_string)
+            except ConfigError:
+                pass
+        return _convert(value, members[-1], where, from_string)
     if origin in (list, List, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -2,12 +2,14 @@
 
 * :func:`capture_attention` records the attention weights of chosen blocks (per head) on every
   forward call of the model, e.g. during a whole ``UViTPipeline`` call, together with the timestep
-  the model was called with. The weights are recomputed from the ``qkv`` projection's output with
-  :func:`cogdiff.attention.cog_weights` or :func:`~cogdiff.attention.softmax_weights`, chosen by
-  each block's ``attn.attention_type``; nothing in the forward pass is replaced.
+  the model was called with. The weights are recomputed from each attention module's input by the
+  module itself (``attn.weights(*attn.qkv_heads(x)[:2])``: its qkv projection, ``qk_norm`` and
+  Cog/softmax heads); nothing in the forward pass is replaced.
 * :func:`capture_block_outputs` records the token states after each block (and the block-0 input).
+* :func:`attention_hooks` calls a function with each attention module's input and output (used by
+  :func:`capture_attention` and :mod:`cogdiff.analysis.diagnostics`).
 
-Both are context managers that remove all their hooks on exit (also on errors).
+All are context managers that remove all their hooks on exit (also on errors).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 
 from ..attention import cog_weights, softmax_weights
+from ..models.uvit import split_qkv
 
 TimestepFilter = Union[None, Iterable[float], Callable[[float], bool]]
 
@@ -96,12 +99,43 @@ def _resolve_blocks(model, blocks: Optional[Sequence[int]]) -> List[int]:
 
 
 def attention_weights_from_qkv(qkv_out: torch.Tensor, num_heads: int, attention_type: str) -> torch.Tensor:
-    """(B, N, 3D) output of ``UViTAttention.qkv`` -> (B, H, N, N) float32 weights of that type."""
-    b, n, three_d = qkv_out.shape
-    qkv = qkv_out.detach().reshape(b, n, 3, num_heads, three_d // (3 * num_heads))
-    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, H, N, Dh)
+    """(B, N, 3D) output of ``UViTAttention.qkv`` -> (B, H, N, N) float32 weights of that type.
+
+    For blocks without ``qk_norm`` or a head split; :func:`capture_attention` uses each block's own
+    ``attn.weights`` (which includes both)."""
+    q, k, _ = split_qkv(qkv_out.detach(), num_heads)  # (B, H, N, Dh)
     fn = cog_weights if attention_type == "cog" else softmax_weights
     return fn(q, k)
+
+
+AttentionFn = Callable[[int, torch.nn.Module, torch.Tensor, torch.Tensor], None]
+
+
+@contextlib.contextmanager
+def attention_hooks(model, fn: AttentionFn, blocks: Optional[Sequence[int]] = None) -> Iterator[None]:
+    """Call ``fn(block_index, attn, x, out)`` after the attention module of each chosen block runs.
+
+    ``attn`` is the block's ``UViTAttention``, ``x`` its (B, N, D) input and ``out`` its (B, N, D) output;
+    ``attn.qkv_heads(x)`` gives q, k, v as the scores saw them. ``fn``'s return value is ignored, so the
+    model's outputs never change. All hooks are removed on exit (also on errors).
+    """
+    idx = _resolve_blocks(model, blocks)
+    handles = []
+
+    def make_hook(i: int):
+        def hook(module, inputs, output):
+            fn(i, module, inputs[0], output)
+
+        return hook
+
+    try:
+        all_blocks = model.blocks
+        for i in idx:
+            handles.append(all_blocks[i].attn.register_forward_hook(make_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -133,7 +167,6 @@ def capture_attention(
             pipe(batch_size=2, num_inference_steps=5, generator=g)
         w = cap.get(block=0, timestep=cap.timesteps[0])  # (1, heads, tokens, tokens)
     """
-    idx = _resolve_blocks(model, blocks)
     grid = model.config.sample_size // model.config.patch_size
     cap = AttentionCapture(extras=int(model.extras), grid=grid)
     state = {"t": None, "call": -1, "active": False}
@@ -144,30 +177,22 @@ def capture_attention(
         state["active"] = _wants(state["t"], timesteps)
         cap.calls.append(state["t"])
 
-    def make_qkv_hook(block_index: int, attn_module):
-        def hook(module, inputs, output):
-            if not state["active"]:
-                return None
-            out = output if max_batch is None else output[:max_batch]
-            with torch.no_grad():
-                w = attention_weights_from_qkv(out, attn_module.num_heads, attn_module.attention_type)
-            if device is not None:
-                w = w.to(device)
-            cap.records.append(AttentionRecord(block_index, state["call"], state["t"], attn_module.attention_type, w))
-            return None  # never alter the output
+    def record(i: int, attn, x: torch.Tensor, out: torch.Tensor) -> None:
+        if not state["active"]:
+            return
+        with torch.no_grad():
+            q, k, _ = attn.qkv_heads(x if max_batch is None else x[:max_batch])
+            w = attn.weights(q, k)
+        if device is not None:
+            w = w.to(device)
+        cap.records.append(AttentionRecord(i, state["call"], state["t"], attn.attention_type, w))
 
-        return hook
-
-    handles = [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
-        all_blocks = model.blocks
-        for i in idx:
-            attn = all_blocks[i].attn
-            handles.append(attn.qkv.register_forward_hook(make_qkv_hook(i, attn)))
-        yield cap
+        with attention_hooks(model, record, blocks):
+            yield cap
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -20,20 +20,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from ..attention import ATTENTION_TYPES, available_cog_impls, get_attention_fn
+from ..attention import ATTENTION_TYPES, available_cog_impls, cog_attention, cog_weights, softmax_attention, softmax_weights
+from .options import QK_NORMS, check_labels, check_model_args, num_blocks, num_cog_heads, resolve_softmax_layers
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def num_blocks(depth: int) -> int:
-    """Blocks in a U-ViT of ``depth``: depth//2 in-blocks + 1 mid-block + depth//2 out-blocks."""
-    return 2 * (depth // 2) + 1
-
-
-def default_softmax_layers(depth: int, attention_type: str) -> List[int]:
-    """The paper's placement: for Cog, the first in-block (0) and the last out-block keep softmax."""
-    return [0, num_blocks(depth) - 1] if attention_type == "cog" else []
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -77,26 +68,83 @@ class PatchEmbed(nn.Module):
 # --------------------------------------------------------------------------------- attention
 
 
-class UViTAttention(nn.Module):
-    """Multi-head self-attention whose weights are softmax or Cog (``attention_type``)."""
+def split_qkv(qkv_out: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3D) output of the qkv projection -> q, k, v of shape (B, H, N, D/H) each."""
+    b, n, three_d = qkv_out.shape
+    qkv = qkv_out.reshape(b, n, 3, num_heads, three_d // (3 * num_heads))  # (B, N, 3, H, Dh)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, Dh)
+    return q, k, v
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attention_type: str = "softmax"):
+
+def qk_norm_layer(kind: str, head_dim: int) -> nn.Module:
+    """Per-head normalisation of q or k over head_dim, with a learnable scale (SD3: RMSNorm; ViT-22B: LayerNorm)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(head_dim, eps=1e-6)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(head_dim, eps=1e-6)
+    return nn.Identity()
+
+
+class UViTAttention(nn.Module):
+    """Multi-head self-attention whose weights are softmax or Cog (``attention_type``).
+
+    In a Cog block the first ``cog_heads`` heads use Cog and the others softmax (default: all Cog).
+    ``qk_norm`` (``"none"``, ``"layernorm"``, ``"rmsnorm"``) normalises q and k per head before the scores.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attention_type: str = "softmax",
+                 qk_norm: str = "none", cog_heads: Optional[int] = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} must be divisible by num_heads {num_heads}")
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {', '.join(QK_NORMS)}, got {qk_norm!r}")
         self.num_heads = num_heads
         self.attention_type = attention_type
+        self.num_cog_heads = 0 if attention_type == "softmax" else num_heads if cog_heads is None else cog_heads
+        if attention_type == "cog" and not 1 <= self.num_cog_heads <= num_heads:
+            raise ValueError(f"cog_heads {cog_heads} must be between 1 and num_heads {num_heads}")
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if qk_norm != "none":  # no modules at all for "none": state dicts stay as before
+            self.norm_q = qk_norm_layer(qk_norm, dim // num_heads)
+            self.norm_k = qk_norm_layer(qk_norm, dim // num_heads)
         self.proj = nn.Linear(dim, dim)
         self.impl = "auto"  # Cog implementation name, see cogdiff.attention.cog_attention
 
+    def head_types(self) -> List[str]:
+        """Per-head attention type: ``num_cog_heads`` x ``"cog"``, then ``"softmax"``."""
+        return ["cog"] * self.num_cog_heads + ["softmax"] * (self.num_heads - self.num_cog_heads)
+
+    def qkv_heads(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, D) block input -> q, k, v (B, H, N, Dh) as the scores see them (after qk_norm)."""
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
+        if hasattr(self, "norm_q"):
+            q, k = self.norm_q(q), self.norm_k(k)
+        return q, k, v
+
+    def _per_head_type(self, cog_fn: Callable, softmax_fn: Callable, *tensors: torch.Tensor) -> torch.Tensor:
+        """Apply ``cog_fn`` to the Cog heads and ``softmax_fn`` to the others (dim 1), concatenated."""
+        c = self.num_cog_heads
+        if c == self.num_heads or c == 0:
+            return (cog_fn if c else softmax_fn)(*tensors)
+        cog = cog_fn(*(t[:, :c] for t in tensors))
+        soft = softmax_fn(*(t[:, c:] for t in tensors))
+        return torch.cat([cog, soft.to(cog.dtype)], dim=1)
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, N) float32 attention weights per head (signed for Cog heads); for analysis."""
+        return self._per_head_type(cog_weights, softmax_weights, q, k)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, Dh)
-        x = get_attention_fn(self.attention_type)(q, k, v, impl=self.impl)  # (B, H, N, Dh)
+        q, k, v = self.qkv_heads(x)  # 3 x (B, H, N, Dh)
+
+        def cog(q, k, v):
+            return cog_attention(q, k, v, impl=self.impl)
+
+        x = self._per_head_type(cog, softmax_attention, q, k, v)  # (B, H, N, Dh)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
 
 
@@ -106,11 +154,12 @@ class UViTAttention(nn.Module):
 class UViTBlock(nn.Module):
     """Pre-LN transformer block; with ``skip`` it first fuses the long skip: Linear(cat(x, skip))."""
 
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, attention_type="softmax", skip=False):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, attention_type="softmax", skip=False,
+                 qk_norm="none", cog_heads=None):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = UViTAttention(dim, num_heads, qkv_bias, attention_type)
+        self.attn = UViTAttention(dim, num_heads, qkv_bias, attention_type, qk_norm, cog_heads)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -155,10 +204,17 @@ class UViTModel(ModelMixin, ConfigMixin):
             unconditional). Label ``num_classes`` is the "null" label for classifier-free guidance.
         use_conv_out (`bool`, defaults to True): Final 3x3 conv after unpatchify.
         attention_type (`str`, defaults to "softmax"): ``"softmax"`` or ``"cog"``.
-        softmax_layers (`List[int]`, *optional*): Block indices (0 .. 2*(depth//2)) that keep softmax
-            when ``attention_type="cog"``. Default: the first in-block and the last out-block.
+        softmax_layers (`List[int]` or `str`, *optional*): Blocks (0 .. 2*(depth//2)) that keep softmax when
+            ``attention_type="cog"``: a list of indices or a name in ``SOFTMAX_PLACEMENTS`` (``"first_last"``,
+            ``"first2_last2"``, ``"first_last_mid"``, ``"none"`` = Cog everywhere, ``"all"``, ...; names joined
+            by ``+`` are united). Default: ``"first_last"`` (the paper). The config keeps what was given;
+            :meth:`attention_types` reports the result.
         timestep_scale (`float`, defaults to 1.0): Multiplier on the timestep before embedding (U-ViT's
             continuous-time models see ``t * 999``; discrete schedulers already pass 0..999).
+        qk_norm (`str`, defaults to "none"): ``"layernorm"`` or ``"rmsnorm"`` normalises q and k per head
+            (over head_dim, learnable scale) before the scores, in softmax and Cog blocks alike.
+        cog_heads (`float`, *optional*): Fraction in (0, 1] of the heads of each Cog block that use Cog (the
+            first ones); the others use softmax. Must be a whole number of heads. Default: all.
     The defaults are U-ViT-S/2 for CIFAR-10 (44.3M parameters).
     """
 
@@ -179,21 +235,15 @@ class UViTModel(ModelMixin, ConfigMixin):
         num_classes: Optional[int] = None,
         use_conv_out: bool = True,
         attention_type: str = "softmax",
-        softmax_layers: Optional[List[int]] = None,
+        softmax_layers: Union[List[int], str, None] = None,
         timestep_scale: float = 1.0,
+        qk_norm: str = "none",
+        cog_heads: Optional[float] = None,
     ):
         super().__init__()
-        if sample_size % patch_size:
-            raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
-        if attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
-        n_blocks = num_blocks(depth)
-        if softmax_layers is None:
-            softmax_layers = default_softmax_layers(depth, attention_type)
-        bad = [i for i in softmax_layers if not 0 <= i < n_blocks]
-        if bad:
-            raise ValueError(f"softmax_layers {bad} out of range: this depth has blocks 0..{n_blocks - 1}")
-        self.softmax_layers = sorted(set(softmax_layers))
+        check_model_args(locals())
+        self.softmax_layers = resolve_softmax_layers(softmax_layers, depth, attention_type)
+        n_cog_heads = num_cog_heads(cog_heads, num_heads)
 
         self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dim)
         self.time_embed = (
@@ -208,7 +258,7 @@ class UViTModel(ModelMixin, ConfigMixin):
 
         def block(i: int, skip: bool) -> UViTBlock:
             kind = "softmax" if i in self.softmax_layers else attention_type
-            return UViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, kind, skip=skip)
+            return UViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, kind, skip, qk_norm, n_cog_heads)
 
         half = depth // 2
         self.in_blocks = nn.ModuleList([block(i, False) for i in range(half)])
@@ -230,6 +280,8 @@ class UViTModel(ModelMixin, ConfigMixin):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.RMSNorm):
+                nn.init.ones_(m.weight)
 
     @property
     def blocks(self) -> List[UViTBlock]:
@@ -237,7 +289,8 @@ class UViTModel(ModelMixin, ConfigMixin):
         return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
     def attention_types(self) -> List[str]:
-        """Per-block attention type, e.g. ``['softmax', 'cog', ..., 'softmax']``."""
+        """Per-block attention type, e.g. ``['softmax', 'cog', ..., 'softmax']`` (a block with ``cog_heads``
+        < 1 counts as ``"cog"``; ``block.attn.head_types()`` gives its heads)."""
         return [b.attn.attention_type for b in self.blocks]
 
     def set_cog_impl(self, impl: str) -> None:
@@ -263,11 +316,15 @@ class UViTModel(ModelMixin, ConfigMixin):
         if self.label_emb is not None:
             if class_labels is None:
                 raise ValueError(f"this model is class-conditional: pass class_labels of shape ({b},)")
-            class_labels = torch.as_tensor(class_labels, device=sample.device).long()
+            class_labels = torch.as_tensor(class_labels, device=sample.device)
             if class_labels.dim() == 0:
                 class_labels = class_labels.expand(b)
             if class_labels.shape != (b,):
                 raise ValueError(f"class_labels must have shape ({b},), got {tuple(class_labels.shape)}")
+            # the value check syncs with the device: skipped in accelerator training steps and compiled graphs
+            if not torch.compiler.is_compiling() and (class_labels.device.type == "cpu" or not self.training):
+                check_labels(class_labels, self.config.num_classes)
+            class_labels = class_labels.long()
         return t, class_labels
 
     def _run_block(self, blk: UViTBlock, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
