@@ -47,14 +47,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 max_shards=args.max_shards, progress=not args.no_progress,
             )
             done = sum(os.path.isfile(os.path.join(args.out, s["file"])) for s in m["shards"])
-            print(f"{args.out}: {done}/{len(m['shards'])} shards, {m['num_examples']} examples, latent shape {m['shape']}"
-                  + ("" if m["complete"] else " - incomplete: run the same command again to resume"))
+            print(
+                f"{args.out}: {done}/{len(m['shards'])} shards, {m['num_examples']} examples, latent shape {m['shape']}"
+                + ("" if m["complete"] else " - incomplete: run the same command again to resume")
+            )
         else:
             from .store import read_manifest
 
             m = read_manifest(args.root)
             if m is None:
-                raise FileNotFoundError(f"no manifest.json in {args.root!r}: run `python -m cogdiff.latents extract` first")
+                raise FileNotFoundError(
+                    f"no manifest.json in {args.root!r}: run `python -m cogdiff.latents extract` first"
+                )
             keys = ("num_examples", "shape", "image_size", "num_classes", "scaling_factor", "shift_factor", "vae_path",
                     "complete")
             print(json.dumps({k: m[k] for k in keys} | {"shards": len(m["shards"])}, indent=1))
