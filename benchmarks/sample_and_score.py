@@ -35,7 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="write the Markdown table here (atomically)")
     ap.add_argument("--json", default=None, help="write all numbers here")
-    ap.add_argument("--commit", default=None, help="commit to record where the copy has no .git (default: git rev-parse)")
+    ap.add_argument(
+        "--commit", default=None, help="commit to record where the copy has no .git (default: git rev-parse)"
+    )
     args = ap.parse_args(argv)
 
     import diffusers
@@ -59,13 +61,17 @@ def main(argv=None) -> int:
             return 2
         t0 = time.perf_counter()
         extractor = InceptionFeatures(device=device)
-        ensure_ref_stats(args.ref, lambda: iter_source(args.ref_source, args.inception_batch_size), extractor, source=args.ref_source)
+        ensure_ref_stats(
+            args.ref, lambda: iter_source(args.ref_source, args.inception_batch_size), extractor, source=args.ref_source
+        )
         t_ref = time.perf_counter() - t0
         del extractor
 
     torch.manual_seed(0)
     model = uvit(args.preset, attention_type=args.attention).to(device).eval()
-    pipe = with_scheduler(UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")), args.scheduler)
+    pipe = with_scheduler(
+        UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")), args.scheduler
+    )
     pipe.set_progress_bar_config(disable=True)
 
     t0 = time.perf_counter()
@@ -77,44 +83,71 @@ def main(argv=None) -> int:
     t_warm = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = ev.score_images(pipeline_batches(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16))
+    scores = ev.score_images(
+        pipeline_batches(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16)
+    )
     total = time.perf_counter() - t0
     tm = ev.last_timings
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
-    record = dict(num_images=args.num_images, batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler,
-                  bf16=args.bf16, model=f"uvit('{args.preset}', attention_type='{args.attention}') random init",
-                  sampling_s=tm["source_s"], inception_s=tm["inception_s"], metrics_s=tm["metrics_s"], total_s=total,
-                  warmup_s=t_warm, ref_build_s=t_ref, images_per_s=args.num_images / total, peak_gpu_mem_gib=peak,
-                  scores=scores, ref_count=ev.ref.count, ref_source=ev.ref.source, ref_fingerprint=ev.ref.fingerprint,
-                  device=device_name(device), commit=args.commit or git_commit(), torch=torch.__version__, diffusers=diffusers.__version__,
-                  torchmetrics=torchmetrics.__version__, command="python benchmarks/sample_and_score.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    record = dict(
+        num_images=args.num_images,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        bf16=args.bf16,
+        model=f"uvit('{args.preset}', attention_type='{args.attention}') random init",
+        sampling_s=tm["source_s"],
+        inception_s=tm["inception_s"],
+        metrics_s=tm["metrics_s"],
+        total_s=total,
+        warmup_s=t_warm,
+        ref_build_s=t_ref,
+        images_per_s=args.num_images / total,
+        peak_gpu_mem_gib=peak,
+        scores=scores,
+        ref_count=ev.ref.count,
+        ref_source=ev.ref.source,
+        ref_fingerprint=ev.ref.fingerprint,
+        device=device_name(device),
+        commit=args.commit or git_commit(),
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        torchmetrics=torchmetrics.__version__,
+        command="python benchmarks/sample_and_score.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     f = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-    md = "\n".join([
-        f"# Sample + score benchmark: {args.num_images} images, {record['model']}",
-        "",
-        f"{args.scheduler} {args.steps} steps, {'bf16 autocast' if args.bf16 else 'fp32'}, batch {args.batch_size}; "
-        f"Inception fp32 (TF32 off), batch {args.inception_batch_size}; {record['device']}; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}; commit {record['commit']}.",
-        f"Reference statistics: {ev.ref.count} images from `{ev.ref.source}` (fingerprint {ev.ref.fingerprint[:16]}), cached.",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        f"| sampling ({args.num_images} images) | {f(tm['sampling_s'])} |",
-        f"| Inception features | {f(tm['inception_s'])} |",
-        f"| FID + KID from features | {f(tm['metrics_s'])} |",
-        f"| **total (timed run)** | **{f(total)}** |",
-        f"| one-off warm-up (not in total) | {f(t_warm)} |",
-        f"| one-off reference statistics build (not in total) | {f(t_ref)} |",
-        "",
-        f"Throughput {args.num_images / total:.1f} images/s; peak GPU memory {f(peak)} GiB. "
-        f"FID {scores['fid']:.1f}, KID {scores['kid_mean']:.4f} (random weights: meaningless, shown only as a check that scoring ran).",
-        "",
-        "Command:",
-        "",
-        f"    {record['command']}",
-        "",
-    ])
+    md = "\n".join(
+        [
+            f"# Sample + score benchmark: {args.num_images} images, {record['model']}",
+            "",
+            f"{args.scheduler} {args.steps} steps, {'bf16 autocast' if args.bf16 else 'fp32'}, "
+            f"batch {args.batch_size}; "
+            f"Inception fp32 (TF32 off), batch {args.inception_batch_size}; {record['device']}; "
+            f"torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}; commit {record['commit']}.",
+            f"Reference statistics: {ev.ref.count} images from `{ev.ref.source}` "
+            f"(fingerprint {ev.ref.fingerprint[:16]}), cached.",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+            f"| sampling ({args.num_images} images) | {f(tm['sampling_s'])} |",
+            f"| Inception features | {f(tm['inception_s'])} |",
+            f"| FID + KID from features | {f(tm['metrics_s'])} |",
+            f"| **total (timed run)** | **{f(total)}** |",
+            f"| one-off warm-up (not in total) | {f(t_warm)} |",
+            f"| one-off reference statistics build (not in total) | {f(t_ref)} |",
+            "",
+            f"Throughput {args.num_images / total:.1f} images/s; peak GPU memory {f(peak)} GiB. "
+            f"FID {scores['fid']:.1f}, KID {scores['kid_mean']:.4f} "
+            "(random weights: meaningless, shown only as a check that scoring ran).",
+            "",
+            "Command:",
+            "",
+            f"    {record['command']}",
+            "",
+        ]
+    )
     print(md)
     for path, text in ((args.out, md), (args.json, json.dumps(record, indent=2) + "\n")):
         if path:

@@ -104,7 +104,10 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
     workers = os.cpu_count() or 1
-    lines = [f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {workers} CPUs, {platform.python_version()}", ""]
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {workers} CPUs, {platform.python_version()}",
+        "",
+    ]
     lines += ["| VAE encode (SD-VAE arch, 256², image + mirror per call) | images/s | examples/s | peak GiB |",
               "|---|---|---|---|"]
     for prec in ("fp32", "bf16"):
@@ -113,7 +116,11 @@ def main():
         lines.append(f"| {prec}, {per_call} | {ips:.0f} | {eps:.0f} | {mem:.1f} |")
         print(lines[-1], flush=True)
     dec = bench_decode(a.jpegs, workers)
-    lines += ["", f"JPEG decode + ADM crop to 256 (500x375 noise JPEGs, {workers} DataLoader workers): {dec:.0f} images/s", ""]
+    lines += [
+        "",
+        f"JPEG decode + ADM crop to 256 (500x375 noise JPEGs, {workers} DataLoader workers): {dec:.0f} images/s",
+        "",
+    ]
     print(lines[-2], flush=True)
     head = f"U-ViT-L/2 train step, 4x32x32 latents, batch {a.uvit_batch}, bf16 autocast, AdamW"
     lines += [f"| {head} | ms/step | images/s | peak GiB | params |",

@@ -159,7 +159,9 @@ class Config:
             self.model[key] = _convert(value, hints[key], dotted, from_string)
             return
         if section not in SECTIONS or not key:
-            raise ConfigError(f"unknown key {dotted!r}; use SECTION.KEY with SECTION in name, model, {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown key {dotted!r}; use SECTION.KEY with SECTION in name, model, {', '.join(SECTIONS)}"
+            )
         obj = getattr(self, section)
         hints = typing.get_type_hints(type(obj))
         if key not in hints:
@@ -231,7 +233,9 @@ def _convert(value: Any, hint: Any, where: str, from_string: bool = False) -> An
         if isinstance(value, str):
             return value
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected text, got {value!r} (YAML reads bare no/yes/off as booleans: quote it, e.g. 'no')")
+            raise ConfigError(
+                f"{where}: expected text, got {value!r} (YAML reads bare no/yes/off as booleans: quote it, e.g. 'no')"
+            )
     raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 

@@ -32,7 +32,18 @@ from .io import IMAGE_EXTENSIONS, atomic_savez
 from .latents.dataset import LatentData
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_DEFAULTS = dict(num_examples=512, resolution=16)
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
@@ -48,7 +59,9 @@ class TrainData(Protocol):
     shape: Tuple[int, int, int]
     num_classes: Optional[int]
 
-    def get_batch(self, indices: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, Optional[torch.Tensor]]: ...
+    def get_batch(
+        self, indices: torch.Tensor, generator: torch.Generator
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]: ...
 
 
 class ArrayData:
@@ -86,9 +99,13 @@ def build_dataset(cfg, device="cpu") -> TrainData:
     """The dataset described by a :class:`cogdiff.config.DataConfig` (or any object with its fields)."""
     if cfg.kind == "latents":
         if not cfg.path:
-            raise DataError("data.path is not set: point it at a latent folder written by the latent extraction command")
+            raise DataError(
+                "data.path is not set: point it at a latent folder written by the latent extraction command"
+            )
         try:
-            return LatentData(root=cfg.path, device=device, keep_on_device=cfg.keep_on_device, random_flip=cfg.random_flip)
+            return LatentData(
+                root=cfg.path, device=device, keep_on_device=cfg.keep_on_device, random_flip=cfg.random_flip
+            )
         except (FileNotFoundError, ValueError) as e:  # missing or malformed latent folder: one line
             raise DataError(str(e)) from None
     loaders = {"cifar10": load_cifar10, "imagefolder": load_imagefolder, "fashion_mnist": load_fashion_mnist,
@@ -115,12 +132,16 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not a uint8 IDX file; re-install it (sudo apt-get install --reinstall dataset-fashion-mnist)")
+        raise DataError(
+            f"{path} is not a uint8 IDX file; re-install it (sudo apt-get install --reinstall dataset-fashion-mnist)"
+        )
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} values); re-install or re-download it")
+        raise DataError(
+            f"{path} is truncated ({data.size} of {int(np.prod(dims))} values); re-install or re-download it"
+        )
     return data.reshape(dims)
 
 
@@ -130,8 +151,10 @@ def load_fashion_mnist(cfg):
     files = [root / f"{prefix}-{part}-idx{n}-ubyte.gz" for part, n in (("images", 3), ("labels", 1))]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise DataError(f"Fashion-MNIST not found: {missing[0]} is missing; install it with "
-                        f"'sudo apt-get install dataset-fashion-mnist' (files go to {FASHION_MNIST_DIR}) or set data.path")
+        raise DataError(
+            f"Fashion-MNIST not found: {missing[0]} is missing; install it with "
+            f"'sudo apt-get install dataset-fashion-mnist' (files go to {FASHION_MNIST_DIR}) or set data.path"
+        )
     images, labels = read_idx(files[0]), read_idx(files[1])
     if images.ndim != 3 or len(images) != len(labels):
         raise DataError(f"{root}: images {images.shape} and labels {labels.shape} do not match; re-install the dataset")
@@ -152,7 +175,9 @@ def load_cifar10(cfg):
         images, labels, classes = load_image_tree(root / cfg.split, None, cfg.cache_dir)
         unknown = sorted(set(classes) - set(CIFAR10_CLASSES))
         if unknown:
-            raise DataError(f"{root / cfg.split} has class folders {unknown} that are not CIFAR-10's; use data.kind=imagefolder")
+            raise DataError(
+                f"{root / cfg.split} has class folders {unknown} that are not CIFAR-10's; use data.kind=imagefolder"
+            )
         remap = np.array([CIFAR10_CLASSES.index(c) for c in classes], dtype=np.int64)
         if images.shape[1:] != (32, 32, 3):
             raise DataError(f"{root / cfg.split} holds {images.shape[1:]} images, not CIFAR-10's 32x32 RGB")
@@ -165,7 +190,8 @@ def load_cifar10(cfg):
         return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64), CIFAR10_CLASSES
     hint = ""
     if list(root.glob("*.tar.gz")):
-        hint = f" {root} holds .tar.gz shards: unpack them (for f in {root}/*.tar.gz; do tar xzf $f -C DEST; done) and set data.path=DEST/cifar10."
+        hint = (f" {root} holds .tar.gz shards: unpack them (for f in {root}/*.tar.gz; do tar xzf $f -C DEST; done) "
+                "and set data.path=DEST/cifar10.")
     raise DataError(f"CIFAR-10 not found at {root}: expected {root}/{cfg.split}/<class>/*.png or "
                     f"{root}/cifar-10-batches-py (data.download=true fetches it).{hint}")
 
@@ -182,7 +208,9 @@ def load_imagefolder(cfg):
     elif cfg.split == "train":  # a folder of class folders without split level is the training set
         top = root
     else:
-        raise DataError(f"no {cfg.split} split at {root / cfg.split}: expected {root}/{cfg.split}/<class>/<image> files")
+        raise DataError(
+            f"no {cfg.split} split at {root / cfg.split}: expected {root}/{cfg.split}/<class>/<image> files"
+        )
     return load_image_tree(top, cfg.resolution, cfg.cache_dir)
 
 
@@ -196,7 +224,9 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
         classes, class_to_idx = find_classes(str(top))
         samples = make_dataset(str(top), class_to_idx, extensions=IMAGE_EXTENSIONS)
     except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"no images under {top}: expected {top}/<class>/<image> files ({str(e).splitlines()[0]})") from None
+        raise DataError(
+            f"no images under {top}: expected {top}/<class>/<image> files ({str(e).splitlines()[0]})"
+        ) from None
     files = [Path(p) for p, _ in samples]
     labels = np.array([c for _, c in samples], dtype=np.int64)
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, resolution, classes]).encode())
@@ -213,7 +243,9 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
         arrays = list(pool.map(lambda p: _decode(p, resolution), files))
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
-        raise DataError(f"images under {top} differ in size ({sorted(sizes)[:3]}...): set data.resolution to resize them")
+        raise DataError(
+            f"images under {top} differ in size ({sorted(sizes)[:3]}...): set data.resolution to resize them"
+        )
     images = np.stack(arrays)
     for place in places:  # the first place that takes the file
         try:

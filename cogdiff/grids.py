@@ -42,7 +42,9 @@ def image_grid(images, nrow: Optional[int] = None, padding: int = 1, scale: int 
     return _to_pil(make_grid(x, nrow=nrow, padding=padding, pad_value=1.0))
 
 
-def labeled_rows(rows: Mapping[str, np.ndarray], label_w: int = 80, min_cell: int = 64, padding: int = 2) -> Image.Image:
+def labeled_rows(
+    rows: Mapping[str, np.ndarray], label_w: int = 80, min_cell: int = 64, padding: int = 2
+) -> Image.Image:
     """One row per model (uint8 NHWC, same seeds per column), its name on the left; small images are
     enlarged (nearest neighbour) to at least ``min_cell`` pixels."""
     n = min(len(v) for v in rows.values())

@@ -239,7 +239,9 @@ class RunDir:
         return self.metrics_file.is_file()
 
     # --- writing (main process)
-    def write_config(self, config_yaml: str, config: Optional[dict] = None, command: Optional[List[str]] = None) -> None:
+    def write_config(
+        self, config_yaml: str, config: Optional[dict] = None, command: Optional[List[str]] = None
+    ) -> None:
         """``config.yaml`` and ``provenance.json`` (config, commit, versions, command), both atomically."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, config_yaml)

@@ -25,6 +25,7 @@ from .rundir import changed_settings, refuse_changed, resolve_pipeline_dir
 from .schedulers import SCHEDULERS, scheduler_name
 from .seeds import image_seed
 
+
 def make_scheduler(name: str, base_config):
     """A scheduler ``name`` (see ``SCHEDULERS``) built with ``from_config`` from a pipeline's scheduler config."""
     cls_name, extra = SCHEDULERS[scheduler_name(name)]
@@ -44,15 +45,20 @@ def with_scheduler(pipeline, name: Optional[str]):
     """The same components with scheduler ``name`` (a new pipeline object), or ``pipeline`` if name is None."""
     if name is None:
         return pipeline
-    return type(pipeline)(transformer=pipeline.transformer, scheduler=make_scheduler(name, pipeline.scheduler.config), vae=pipeline.vae)
+    return type(pipeline)(
+        transformer=pipeline.transformer, scheduler=make_scheduler(name, pipeline.scheduler.config), vae=pipeline.vae
+    )
 
 
 def check_pipeline(path: str, variant: Optional[str] = None) -> str:
-    """The pipeline folder of ``path`` (see :func:`cogdiff.rundir.resolve_pipeline_dir`), checking that ``variant`` exists."""
+    """The pipeline folder of ``path`` (see :func:`cogdiff.rundir.resolve_pipeline_dir`), checking that
+    ``variant`` exists."""
     folder = resolve_pipeline_dir(path)
     tdir = os.path.join(folder, "transformer")
     if variant is not None and not any(f".{variant}." in f for f in os.listdir(tdir)):
-        raise FileNotFoundError(f"{tdir} has no weights of variant {variant!r}; drop the variant or pick another folder")
+        raise FileNotFoundError(
+            f"{tdir} has no weights of variant {variant!r}; drop the variant or pick another folder"
+        )
     return folder
 
 
@@ -180,7 +186,9 @@ def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_
     for start, end in tqdm(todo, desc=f"sampling (rank {rank})", disable=not progress):
         path = part_path(out_dir, start, end)
         if not os.path.isfile(path):
-            images = sample_batch(pipeline, range(start, end), num_inference_steps, seed, guidance_scale, bf16, class_label)
+            images = sample_batch(
+                pipeline, range(start, end), num_inference_steps, seed, guidance_scale, bf16, class_label
+            )
             if png:
                 for i, image in zip(range(start, end), images):
                     _atomic_png(os.path.join(out_dir, "png", f"{i:06d}.png"), image)

@@ -10,7 +10,6 @@ import zipfile
 from typing import Iterator, List, Optional
 
 import numpy as np
-
 import torch
 from PIL import Image
 
@@ -102,14 +101,18 @@ def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
             batch = [read_image(f) for f in files[start : start + batch_size]]
             shapes = {b.shape for b in batch}
             if len(shapes) != 1:
-                raise ValueError(f"images under {source!r} differ in size/channels {sorted(shapes)}; resize them to one size first")
+                raise ValueError(
+                    f"images under {source!r} differ in size/channels {sorted(shapes)}; resize them to one size first"
+                )
             yield np.stack(batch)
     elif source.endswith(".npz") and os.path.isfile(source):
         images = load_npz_images(source)
         for start in range(0, len(images), batch_size):
             yield images[start : start + batch_size]
     else:
-        raise FileNotFoundError(f"image source {source!r} is not a folder, an existing .npz of uint8 images, or dataset:kind=...")
+        raise FileNotFoundError(
+            f"image source {source!r} is not a folder, an existing .npz of uint8 images, or dataset:kind=..."
+        )
 
 
 def count_source(source: str) -> Optional[int]:
@@ -125,7 +128,11 @@ def count_source(source: str) -> Optional[int]:
                     return None
                 with z.open(name) as f:
                     version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape = read(f)[0]
                 return int(shape[0]) if shape else None
     except (OSError, ValueError, zipfile.BadZipFile):

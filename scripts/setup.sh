@@ -19,7 +19,7 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-if ! "$VENV/bin/python" -c "import cogdiff, diffusers, accelerate, torchmetrics, torchvision, pytest, nbclient" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import cogdiff, diffusers, accelerate, torchmetrics, torchvision, pytest, nbclient, ruff" 2>/dev/null; then
   $PIP install -q --upgrade pip >/dev/null
   # torch/torchvision pinned to a pair that imports together (CPU or CUDA build by platform).
   $PIP install -q "torch==2.14.1" "torchvision==0.29.1"

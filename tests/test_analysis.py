@@ -18,11 +18,11 @@ from cogdiff.analysis import (
     mean_pairwise_cosine,
     negative_stats,
     negative_stats_table,
+    plots,
     query_attention_map,
     similarity_by_depth,
     token_similarity,
 )
-from cogdiff.analysis import plots
 from cogdiff.rundir import RunDir
 
 
@@ -103,9 +103,13 @@ def test_captured_weights_are_the_weights_used():
         qkv = (xin @ blk.attn.qkv.weight.double().T).reshape(b, n, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         s = q @ k.transpose(-1, -2) / math.sqrt(d // 2)
-        ref = torch.softmax(s, -1) if blk.attn.attention_type == "softmax" else torch.sign(s) * torch.softmax(s.abs(), -1)
+        ref = (
+            torch.softmax(s, -1) if blk.attn.attention_type == "softmax" else torch.sign(s) * torch.softmax(s.abs(), -1)
+        )
         torch.testing.assert_close(w.double(), ref, atol=2e-6, rtol=1e-5)
-        y = (w.double() @ v).transpose(1, 2).reshape(b, n, d) @ blk.attn.proj.weight.double().T + blk.attn.proj.bias.double()
+        y = (w.double() @ v).transpose(1, 2).reshape(
+            b, n, d
+        ) @ blk.attn.proj.weight.double().T + blk.attn.proj.bias.double()
         torch.testing.assert_close(y.float(), attn_out[j], atol=2e-5, rtol=1e-4)
         if blk.attn.attention_type == "cog":
             assert (w < 0).any() and torch.allclose(w.abs().sum(-1), torch.ones(2, 2, n), atol=1e-5)
@@ -170,7 +174,10 @@ def test_negative_stats_table_from_capture():
     assert tab.neg_mass[2, 1] == pytest.approx(negative_stats(w)["neg_mass"].mean().item(), rel=1e-6)
     patches = negative_stats_table(cap, patches_only=True)
     assert patches.neg_share[2, 1] == pytest.approx(
-        negative_stats(w, slice(2, None) if cap.extras == 2 else slice(1, None), slice(cap.extras, None))["neg_share"].mean().item())
+        negative_stats(w, slice(2, None) if cap.extras == 2 else slice(1, None), slice(cap.extras, None))["neg_share"]
+        .mean()
+        .item()
+    )
 
 
 def test_query_attention_map_layout():
@@ -224,7 +231,9 @@ def test_plots_write_pngs(tmp_path):
     model = tiny("cog")
     pipe = pipe_for(model)
     with capture_attention(model) as cap:
-        imgs = pipe(batch_size=4, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+        imgs = pipe(
+            batch_size=4, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
     tab = negative_stats_table(cap)
     amap = query_attention_map(cap.get(1), 5, cap.extras, cap.grid, head=0)
     figs = {
@@ -247,8 +256,18 @@ def test_plots_write_pngs(tmp_path):
 def test_load_run(tmp_path):
     run = tmp_path / "r1"
     (run / "samples" / "step_10").mkdir(parents=True)
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5, "lr": 1e-4}, {"step": 3, "lr": 1e-4}, {"step": 4, "loss": float("nan")}]) + "\n\n")
+    (run / "metrics.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 1, "loss": 1.0},
+                {"step": 2, "loss": 0.5, "lr": 1e-4},
+                {"step": 3, "lr": 1e-4},
+                {"step": 4, "loss": float("nan")},
+            ]
+        )
+        + "\n\n"
+    )
     (run / "fid.jsonl").write_text(json.dumps({"step": 2, "fid": 300.0}) + "\n")
     Image.new("RGB", (4, 4)).save(run / "samples" / "step_10" / "a.png")
     (run / "samples" / "notes.txt").write_text("x")

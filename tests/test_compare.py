@@ -10,8 +10,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from cogdiff import UViTModel, UViTPipeline
-from cogdiff.workflows.compare import main as compare_main
 from cogdiff.metrics import InceptionFeatures, RefStats, compute_ref_stats
+from cogdiff.workflows.compare import main as compare_main
 
 N = 4
 
@@ -43,18 +43,42 @@ def setup(tmp_path_factory):
 def test_compare_writes_table_json_grid_and_plot(setup, capsys):
     root, runs, ref = setup
     out = root / "out"
-    argv = [runs["softmax"], runs["softmax"] + "@raw", os.path.join(runs["cog"], "pipeline"), "--ref", ref, "--out", str(out),
-            "-n", str(N), "--steps", "2", "--batch-size", "4", "--device", "cpu", "--grid-images", "3", "--no-progress"]
+    argv = [
+        runs["softmax"],
+        runs["softmax"] + "@raw",
+        os.path.join(runs["cog"], "pipeline"),
+        "--ref",
+        ref,
+        "--out",
+        str(out),
+        "-n",
+        str(N),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--grid-images",
+        "3",
+        "--no-progress",
+    ]
     assert compare_main(argv) == 0
     captured = capsys.readouterr()
     printed = captured.out
     assert captured.err.count("Inception Score: not computed — needs full Inception weights") == 1
-    assert "| run_softmax | softmax |" in printed and "| run_softmax@raw | softmax |" in printed and "| run_cog | cog |" in printed
+    assert (
+        "| run_softmax | softmax |" in printed
+        and "| run_softmax@raw | softmax |" in printed
+        and "| run_cog | cog |" in printed
+    )
 
     record = json.loads((out / "compare.json").read_text())
     p = record["protocol"]
     assert (p["sampler"], p["steps"], p["num_images"], p["seed"]) == ("dpm++", 2, N, 0)
-    assert p["ref_fingerprint"] == RefStats.load(ref).fingerprint and p["feature_extractor"].startswith("inception-2015-12-05")
+    assert p["ref_fingerprint"] == RefStats.load(ref).fingerprint and p["feature_extractor"].startswith(
+        "inception-2015-12-05"
+    )
     assert record["commit"] and record["device"].startswith("cpu") and record["versions"]["diffusers"]
     assert record["command"].startswith("python -m cogdiff.compare")
     res = {r["model"].replace("run_", ""): r for r in record["results"]}
@@ -84,7 +108,17 @@ def test_compare_refuses_one_model_and_bad_labels(setup, capsys):
     root, runs, ref = setup
     assert compare_main([runs["cog"], "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
     assert "two or more" in capsys.readouterr().err
-    assert compare_main([runs["cog"], runs["softmax"] + "@nope", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
+    assert (
+        compare_main(
+            [runs["cog"], runs["softmax"] + "@nope", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]
+        )
+        == 2
+    )
     assert "variant 'nope'" in capsys.readouterr().err
-    assert compare_main([runs["cog"], runs["softmax"], "--labels", "a,a", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]) == 2
+    assert (
+        compare_main(
+            [runs["cog"], runs["softmax"], "--labels", "a,a", "--ref", ref, "--out", str(root / "x"), "--device", "cpu"]
+        )
+        == 2
+    )
     assert "distinct" in capsys.readouterr().err

@@ -91,7 +91,13 @@ def test_cifar_recipe_and_inheritance():
     assert (soft.optim.warmup_steps, soft.optim.grad_clip) == (2500, 0.0)
     assert (soft.train.ema_decay, soft.train.ema_warmup) == (0.9999, False)
     d = soft.diffusion
-    assert (d.num_train_timesteps, d.beta_schedule, d.beta_start, d.beta_end, d.prediction_type) == (1000, "linear", 1e-4, 0.02, "epsilon")
+    assert (d.num_train_timesteps, d.beta_schedule, d.beta_start, d.beta_end, d.prediction_type) == (
+        1000,
+        "linear",
+        1e-4,
+        0.02,
+        "epsilon",
+    )
     assert soft.data.kind == "cifar10" and soft.data.random_flip
 
 

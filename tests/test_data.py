@@ -14,7 +14,9 @@ import cogdiff.data as data_mod
 from cogdiff.config import DataConfig
 from cogdiff.data import DataError, build_dataset, read_idx
 
-SHARED_CIFAR = Path(os.environ.get("COGDIFF_CIFAR10_SHARDS", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+SHARED_CIFAR = Path(
+    os.environ.get("COGDIFF_CIFAR10_SHARDS", Path(__file__).resolve().parents[2] / "shared/data/cifar10")
+)
 FASHION = Path(data_mod.FASHION_MNIST_DIR)
 
 
@@ -68,7 +70,9 @@ def test_imagefolder_errors_and_cache_dir(tmp_path):
         build_dataset(cfg(kind="imagefolder"))
     with pytest.raises(DataError, match="no test split at"):
         build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "mixed"), split="test", resolution=4))
-    ds = build_dataset(cfg(kind="imagefolder", path=str(tmp_path / "mixed"), resolution=4, cache_dir=str(tmp_path / "c")))
+    ds = build_dataset(
+        cfg(kind="imagefolder", path=str(tmp_path / "mixed"), resolution=4, cache_dir=str(tmp_path / "c"))
+    )
     assert ds.shape == (3, 4, 4) and len(list((tmp_path / "c").glob("*.npz"))) == 1
 
 
@@ -136,7 +140,8 @@ def test_idx_reader_and_fashion_errors(tmp_path):
         build_dataset(cfg(kind="fashion_mnist", path=str(tmp_path), resolution=32))
 
 
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_package():
     ds = build_dataset(cfg(kind="fashion_mnist", split="test", random_flip=False))
     assert (ds.num_examples, ds.shape, ds.num_classes) == (10_000, (1, 28, 28), 10)
@@ -153,7 +158,9 @@ def test_cifar10_png_shard(tmp_path):
     assert torch.bincount(ds.labels).tolist() == [1000] * 10
     # The shard README's per-channel test mean on the 0-255 scale: the decoded pixels are the original ones.
     mean = ds.images.double().mean(dim=(0, 2, 3))
-    assert torch.allclose(mean, torch.tensor([126.02464141, 123.70850420, 114.85431865], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        mean, torch.tensor([126.02464141, 123.70850420, 114.85431865], dtype=torch.float64), atol=1e-6
+    )
     with pytest.raises(DataError, match="holds .tar.gz shards: unpack them"):
         build_dataset(cfg(kind="cifar10", path=str(SHARED_CIFAR)))
 
@@ -168,7 +175,9 @@ def test_one_image_extension_list(tmp_path):
         if name.endswith(("txt", "npz")):
             path.write_text("not an image")
         else:
-            Image.new("RGB", (4, 4), (i, 0, 0)).save(path, format={"JPG": "JPEG"}.get(name[2:].upper(), name[2:].upper()))
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(
+                path, format={"JPG": "JPEG"}.get(name[2:].upper(), name[2:].upper())
+            )
     files, _, _ = scan_image_folder(str(tmp_path / "train"))
     assert files == ["cls/a.png", "cls/b.JPG", "cls/c.ppm", "cls/d.webp"]
     ds = build_dataset(cfg(kind="imagefolder", path=str(tmp_path), cache_dir=str(tmp_path / "cache")))

@@ -6,7 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from cogdiff.io import atomic_open, atomic_save_with, atomic_savez, atomic_write_json, remove_stale_temporaries, sha256_file
+from cogdiff.io import (
+    atomic_open,
+    atomic_save_with,
+    atomic_savez,
+    atomic_write_json,
+    remove_stale_temporaries,
+    sha256_file,
+)
 
 
 def test_failed_write_keeps_old_file(tmp_path):

@@ -44,8 +44,14 @@ def vae_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=CROP, scaling_factor=0.5,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=CROP,
+        scaling_factor=0.5,
     )
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
@@ -53,7 +59,15 @@ def vae_dir(tmp_path_factory):
 
 
 def run(image_dir, out, vae_dir, **kw):
-    kw = {"image_size": CROP, "shard_size": 5, "batch_size": 3, "num_workers": 0, "device": "cpu", "progress": False, **kw}
+    kw = {
+        "image_size": CROP,
+        "shard_size": 5,
+        "batch_size": 3,
+        "num_workers": 0,
+        "device": "cpu",
+        "progress": False,
+        **kw,
+    }
     return extract_latents(image_dir, str(out), vae_dir, **kw)
 
 
@@ -145,17 +159,22 @@ def test_scaling_factor_override(image_dir, vae_dir, tmp_path):
 def test_scaling_override_reaches_the_decoder(image_dir, vae_dir, tmp_path, capsys):
     """Latents extracted with --scaling-factor/--shift-factor are decoded with those factors, whichever VAE
     folder train.py loads (the manifest's or model.vae), in the live pipeline and in a saved one."""
+    from diffusers import DDIMScheduler
+
     from cogdiff.config import load_config
     from cogdiff.models import UViTModel
     from cogdiff.pipelines import UViTPipeline
-    from diffusers import DDIMScheduler
 
     out = tmp_path / "lat"
     run(image_dir, out, vae_dir, scaling_factor=0.25, shift_factor=0.1)
     data = LatentData(str(out))
     base = [f"data.path={out}", "model.num_classes=3"]
-    vaes = [cogdiff.workflows.trainer.load_vae(load_config(os.path.join(REPO, "configs", "tiny_latent.yaml"), base + extra), data, "cpu")
-            for extra in ([], [f"model.vae={vae_dir}"])]
+    vaes = [
+        cogdiff.workflows.trainer.load_vae(
+            load_config(os.path.join(REPO, "configs", "tiny_latent.yaml"), base + extra), data, "cpu"
+        )
+        for extra in ([], [f"model.vae={vae_dir}"])
+    ]
     for vae in [data.load_vae(), *vaes]:
         assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.25, 0.1)  # the folder says 0.5 / None
     x, _ = data.get_batch(torch.tensor([0]), torch.Generator().manual_seed(0))  # (z - 0.1) * 0.25
@@ -175,8 +194,19 @@ def test_scaling_override_reaches_the_decoder(image_dir, vae_dir, tmp_path, caps
         torch.testing.assert_close(seen[0], x / 0.25 + 0.1)  # back to the VAE's own latent space
     # A VAE folder that is not there: one line from train.py, not a traceback.
     capsys.readouterr()
-    assert cogdiff.workflows.train.main(["--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), *base, "model.vae=/nowhere/vae",
-                       f"train.output_dir={tmp_path / 'run'}", "train.batch_size=4"]) == 2
+    assert (
+        cogdiff.workflows.train.main(
+            [
+                "--config",
+                os.path.join(REPO, "configs", "tiny_latent.yaml"),
+                *base,
+                "model.vae=/nowhere/vae",
+                f"train.output_dir={tmp_path / 'run'}",
+                "train.batch_size=4",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: no VAE at '/nowhere/vae'") and err.count("\n") == 1
 
@@ -229,8 +259,26 @@ def test_bad_inputs_give_one_line_errors(image_dir, vae_dir, tmp_path, capsys):
 
 def test_cli_extract_and_info(image_dir, vae_dir, tmp_path, capsys):
     out = str(tmp_path / "cli")
-    args = ["extract", "--data", image_dir, "--vae", vae_dir, "--out", out, "--image-size", str(CROP), "--shard-size", "8",
-            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    args = [
+        "extract",
+        "--data",
+        image_dir,
+        "--vae",
+        vae_dir,
+        "--out",
+        out,
+        "--image-size",
+        str(CROP),
+        "--shard-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert cli_main(args + ["--max-shards", "1"]) == 0
     assert "1/2 shards" in capsys.readouterr().out
     assert cli_main(args) == 0 and "2/2 shards" in capsys.readouterr().out
@@ -251,11 +299,24 @@ def test_train_py_on_latents_then_guided_sampling_through_the_vae(full, vae_dir,
 
     out, _ = full
     run_dir = tmp_path / "run"
-    rc = cogdiff.workflows.train.main([
-        "--config", os.path.join(REPO, "configs", "tiny_latent.yaml"), f"data.path={out}", f"train.output_dir={run_dir}",
-        "train.steps=4", "train.batch_size=4", "train.checkpoint_every=4", "train.log_every=2", "optim.warmup_steps=1",
-        "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "sample.grid_size=3", "sample.num_inference_steps=2",
-    ])
+    rc = cogdiff.workflows.train.main(
+        [
+            "--config",
+            os.path.join(REPO, "configs", "tiny_latent.yaml"),
+            f"data.path={out}",
+            f"train.output_dir={run_dir}",
+            "train.steps=4",
+            "train.batch_size=4",
+            "train.checkpoint_every=4",
+            "train.log_every=2",
+            "optim.warmup_steps=1",
+            "model.embed_dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "sample.grid_size=3",
+            "sample.num_inference_steps=2",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from cogdiff.metrics import FIDEvaluator, InceptionFeatures, RefStats, find_weights, fingerprint_images
-from cogdiff.metrics.stats import FeatureAccumulator
 from cogdiff.metrics import inception as inc
 from cogdiff.metrics.__main__ import main as metrics_main
-from cogdiff.metrics.stats import ensure_ref_stats
+from cogdiff.metrics.stats import FeatureAccumulator, ensure_ref_stats
 
 N = 12
 NOISE = (0.0, 3.0, 12.0, 48.0)
@@ -111,7 +110,9 @@ def test_self_fid_is_zero(evaluator, feats_by_noise):
     out = evaluator.score_features(feats_by_noise[0.0])
     assert set(out) == {"fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "inception_score", "is_std"}
     assert out["num_images"] == N and out["kid_subset_size"] == N  # min(1000, N): recorded, not silent
-    assert out["inception_score"] is None and out["is_std"] is None and "1008-way logits" in evaluator.inception_score_note
+    assert (
+        out["inception_score"] is None and out["is_std"] is None and "1008-way logits" in evaluator.inception_score_note
+    )
     assert abs(out["fid"]) < 1e-2
     assert abs(out["kid_mean"]) < 0.1  # unbiased MMD of a set with itself: ~0 (slightly negative)
     far = evaluator.score_features(feats_by_noise[NOISE[-1]])
@@ -154,7 +155,11 @@ def test_seeded_state_and_distance_equal_torchmetrics(n_fake):
 def test_ref_stats_round_trip_cache_and_fingerprint(tmp_path, ref_path, images, extractor):
     a = RefStats.load(ref_path)
     b = RefStats.load(a.save(str(tmp_path / "copy.npz")))
-    assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.kid_features, b.kid_features)
+    assert (
+        np.array_equal(a.mu, b.mu)
+        and np.array_equal(a.sigma, b.sigma)
+        and np.array_equal(a.kid_features, b.kid_features)
+    )
     assert (b.count, b.fingerprint, b.extractor_id, b.source) == (N, a.fingerprint, extractor.extractor_id, "synthetic")
     assert b.kid_features.shape == (N, 2048) and b.kid_features.dtype == np.float16
 
@@ -209,9 +214,19 @@ def test_cli_ref_and_calc(tmp_path, images, ref_path, capsys):
     assert metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", out, "--json", scores, "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     data = json.loads(open(scores).read())
-    assert abs(data["fid"]) < 1e-2 and data["num_images"] == 4 and data["ref_fingerprint"] == RefStats.load(out).fingerprint
-    assert data["kid_subset_size"] == 4 and data["inception_score"] is None and "1008-way logits" in data["inception_score_note"]
-    assert [ln for ln in err.splitlines() if ln.startswith("Inception Score: not computed — needs full Inception weights")]
+    assert (
+        abs(data["fid"]) < 1e-2
+        and data["num_images"] == 4
+        and data["ref_fingerprint"] == RefStats.load(out).fingerprint
+    )
+    assert (
+        data["kid_subset_size"] == 4
+        and data["inception_score"] is None
+        and "1008-way logits" in data["inception_score_note"]
+    )
+    assert [
+        ln for ln in err.splitlines() if ln.startswith("Inception Score: not computed — needs full Inception weights")
+    ]
     assert "Inception features" in err  # progress bar
     assert metrics_main(["calc", str(tmp_path / "nothing.npz"), "--ref", out, "--device", "cpu"]) == 2
     assert "not a folder" in capsys.readouterr().err
@@ -266,7 +281,9 @@ def test_pytorch_fid_style_stats_warn_and_have_no_kid(tmp_path, ref_path, feats_
         out = ev.score_features(feats_by_noise[0.0])
     assert abs(out["fid"]) < 1e-2 and out["kid_mean"] is None and out["kid_subset_size"] is None
     np.savez(tmp_path / "imgs.npz", images=images[:3])
-    assert metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", str(plain), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        metrics_main(["calc", str(tmp_path / "imgs.npz"), "--ref", str(plain), "--device", "cpu", "--no-progress"]) == 0
+    )
     err = capsys.readouterr().err.splitlines()
     assert [ln for ln in err if ln.startswith("warning: ") and "preprocessing may differ" in ln]
     assert not [ln for ln in err if "warnings.warn" in ln or ln.startswith("  ")]  # one line per warning
@@ -324,7 +341,8 @@ def _gather_worker(rank, world, port, queue):
 
 
 def test_gather_rows_across_processes():
-    """What score_images(..., gather=True) does under accelerate/torch.distributed: features of all ranks, in rank order."""
+    """What score_images(..., gather=True) does under accelerate/torch.distributed: features of all ranks, in
+    rank order."""
     import socket
 
     import torch.multiprocessing as mp

@@ -61,7 +61,9 @@ def execute(tmp_path_factory):
             mp.setenv("COGDIFF_CONFIGS", str(NB_DIR.parent / "configs"))  # the copy does not sit in notebooks/
             for k, v in {**env, **(extra_env or {})}.items():
                 mp.setenv(k, v)
-            NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+            NotebookClient(
+                nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+            ).execute()
         done[name] = (nb, out)
         return done[name]
 
@@ -87,7 +89,10 @@ def test_notebook_executes(name, execute):
         assert text.count("identical=True") == 2
         for sched in ("DDPM", "DDIM", "DPM-Solver++", "Euler"):
             assert sched in text
-        assert json.loads((out / "pipeline/model_index.json").read_text())["_class_name"] == ["pipeline_uvit", "UViTPipeline"]
+        assert json.loads((out / "pipeline/model_index.json").read_text())["_class_name"] == [
+            "pipeline_uvit",
+            "UViTPipeline",
+        ]
     if name == "02_cog_microscope.ipynb":
         assert "training steps per model: 12" in text
         assert "cog (untrained)" in text and "mean pairwise cosine" in text

@@ -26,7 +26,9 @@ def _compare(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     protocol = dict(sampler="dpm++", steps=50, num_images=100, seed=0, bf16=True, ref_count=500, ref_source="dataset:x",
                     inception_score_note="no logits")
-    path.write_text(json.dumps(dict(protocol=protocol, device="TestGPU", command="python -m cogdiff.compare ...", results=rows)))
+    path.write_text(
+        json.dumps(dict(protocol=protocol, device="TestGPU", command="python -m cogdiff.compare ...", results=rows))
+    )
 
 
 def fake_out(tmp_path):
@@ -36,15 +38,23 @@ def fake_out(tmp_path):
     rates = {"softmax": [100.0, 300.0, 200.0, 400.0], "cog": [90.0, 150.0, 250.0, 350.0]}
     for name in ("softmax", "cog"):
         run = out / "runs" / name
-        _jsonl(run / "metrics.jsonl", [dict(step=500 * (i + 1), loss=l, images_per_s=r, gpu_mem_gb=1.0 + i)
-                                       for i, (l, r) in enumerate(zip(losses[name], rates[name]))])
-        _jsonl(run / "fid.jsonl", [dict(step=1000, fid=80.0, kid_mean=0.05, kid_std=0.01, num_images=20),
-                                   dict(step=2000, fid=60.0 if name == "softmax" else 70.0, kid_mean=0.04, kid_std=0.01, num_images=20)])
+        _jsonl(run / "metrics.jsonl", [dict(step=500 * (i + 1), loss=loss, images_per_s=r, gpu_mem_gb=1.0 + i)
+                                       for i, (loss, r) in enumerate(zip(losses[name], rates[name]))])
+        _jsonl(
+            run / "fid.jsonl",
+            [
+                dict(step=1000, fid=80.0, kid_mean=0.05, kid_std=0.01, num_images=20),
+                dict(step=2000, fid=60.0 if name == "softmax" else 70.0, kid_mean=0.04, kid_std=0.01, num_images=20),
+            ],
+        )
         cfg = dict(model=dict(preset="S/2", attention_type=name), data=dict(kind="cifar10"), train=dict(steps=2000))
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         (run / "samples").mkdir()
         Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(run / "samples" / "step_0002000.png")
-    score = lambda label, fid: dict(model=label, fid=fid, kid_mean=0.03, kid_std=0.002, num_images=100, sample_s=5.0, total_s=6.0)
+    def score(label, fid):
+        return dict(
+            model=label, fid=fid, kid_mean=0.03, kid_std=0.002, num_images=100, sample_s=5.0, total_s=6.0
+        )
     _compare(out / "compare_ema" / "compare.json", [score("softmax", 40.0), score("cog", 55.0)])
     _compare(out / "compare_raw" / "compare.json", [score("softmax@raw", 38.0), score("cog@raw", 59.0)])
     (out / "test_split_fid.json").write_text(json.dumps(dict(fid=3.2, kid_mean=0.0, num_images=100)))
@@ -71,7 +81,8 @@ def test_report_numbers(tmp_path):
     assert "| cog | cog | 2000 | 55.00 |" in md and "| 2000 | 60.00 | 70.00 |" in md and "= 3.20" in md
     assert json.loads((dest / "results.json").read_text())["models"]["cog"]["raw"]["fid"] == 59.0
     assert Image.open(dest / "samples.png").size == (30 + 8 + 30, 20 + 16)
-    for f in ("curves.png", "softmax_metrics.jsonl", "cog_fid.jsonl", "compare_ema_compare.json", "test_split_fid.json"):
+    for f in ("curves.png", "softmax_metrics.jsonl", "cog_fid.jsonl", "compare_ema_compare.json",
+              "test_split_fid.json"):
         assert (dest / f).is_file(), f
 
 
@@ -145,7 +156,10 @@ def test_comparison_script_end_to_end_and_rerun(tmp_path):
     third = subprocess.run(cmd, env=dict(env, N_FINAL="10"), capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-2000:]
     rec = json.loads((out / "report" / "results.json").read_text())
-    assert all(rec["models"][n]["ema"]["num_images"] == 10 and rec["models"][n]["raw"]["num_images"] == 10 for n in ("softmax", "cog"))
+    assert all(
+        rec["models"][n]["ema"]["num_images"] == 10 and rec["models"][n]["raw"]["num_images"] == 10
+        for n in ("softmax", "cog")
+    )
     assert {n: (out / "runs" / n / "metrics.jsonl").read_text() for n in ("softmax", "cog")} == before
     assert "model.softmax_layers=[0, 2]" in shlex.split(rec["commands"][0])  # recorded re-runnable, quoted
     cfg = yaml.safe_load((out / "runs" / "cog" / "config.yaml").read_text())

@@ -35,7 +35,9 @@ def test_images_depend_only_on_seed_and_index():
     pipe = sampling.with_scheduler(tiny_pipeline(), "ddpm")  # stochastic sampler: per-image step noise too
     pipe.set_progress_bar_config(disable=True)
     whole = sampling.sample_batch(pipe, range(5), STEPS, seed=7)
-    split = np.concatenate([sampling.sample_batch(pipe, [0, 1], STEPS, seed=7), sampling.sample_batch(pipe, [2, 3, 4], STEPS, seed=7)])
+    split = np.concatenate(
+        [sampling.sample_batch(pipe, [0, 1], STEPS, seed=7), sampling.sample_batch(pipe, [2, 3, 4], STEPS, seed=7)]
+    )
     assert whole.dtype == np.uint8 and whole.shape == (5, 8, 8, 3)
     assert np.array_equal(whole, split)
     assert not np.array_equal(whole, sampling.sample_batch(pipe, range(5), STEPS, seed=8))
@@ -48,7 +50,9 @@ def test_class_labels_per_image():
     pipe = tiny_pipeline(num_classes=10)
     pipe.set_progress_bar_config(disable=True)
     a = sampling.sample_batch(pipe, range(3), STEPS, seed=1)
-    b = np.concatenate([sampling.sample_batch(pipe, [0], STEPS, seed=1), sampling.sample_batch(pipe, [1, 2], STEPS, seed=1)])
+    b = np.concatenate(
+        [sampling.sample_batch(pipe, [0], STEPS, seed=1), sampling.sample_batch(pipe, [1, 2], STEPS, seed=1)]
+    )
     assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="unconditional"):
         sampling.sample_batch(tiny_pipeline(), [0], STEPS, class_label=3)
@@ -82,7 +86,9 @@ def test_every_scheduler_starts_from_pure_noise_at_t_max(tmp_path):
 
 def test_resume_after_interruption_equals_uninterrupted(pipe_dir, tmp_path, monkeypatch):
     pipe = sampling.load_pipeline(pipe_dir, scheduler="dpm++")
-    kw = dict(num_images=7, batch_size=2, num_inference_steps=STEPS, seed=3, png=True, progress=False, settings={"a": 1})
+    kw = dict(
+        num_images=7, batch_size=2, num_inference_steps=STEPS, seed=3, png=True, progress=False, settings={"a": 1}
+    )
     full = str(tmp_path / "full")
     sampling.sample_to_dir(pipe, full, **kw)
     reference = np.load(sampling.merge_parts(full, 7, 2))["images"]
@@ -131,15 +137,21 @@ def test_all_processes_check_settings_before_writing(pipe_dir, tmp_path):
     out = str(tmp_path / "run")
     settings_file = os.path.join(out, "settings.json")
     seen = []
-    sampling.sample_to_dir(pipe, out, rank=1, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw)
+    sampling.sample_to_dir(
+        pipe, out, rank=1, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw
+    )
     assert seen == [False] and not os.path.isfile(settings_file)  # rank 1 never writes settings.json
-    sampling.sample_to_dir(pipe, out, rank=0, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw)
+    sampling.sample_to_dir(
+        pipe, out, rank=0, settings={"seed": 0}, barrier=lambda: seen.append(os.path.isfile(settings_file)), **kw
+    )
     assert seen == [False, True]  # rank 0 wrote it before the barrier
     parts = sorted(os.listdir(os.path.join(out, "parts")))
     assert len(parts) == 2
     os.remove(os.path.join(out, "parts", parts[1]))  # rank 1's part: a rerun with other settings must not redo it
     with pytest.raises(ValueError, match="other settings"):  # another run's folder: rank 1 refuses too
-        sampling.sample_to_dir(pipe, out, rank=1, settings={"seed": 1}, barrier=lambda: pytest.fail("barrier reached"), **kw)
+        sampling.sample_to_dir(
+            pipe, out, rank=1, settings={"seed": 1}, barrier=lambda: pytest.fail("barrier reached"), **kw
+        )
     assert sorted(os.listdir(os.path.join(out, "parts"))) == parts[:1]
 
 

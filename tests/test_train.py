@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MICRO
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -18,7 +19,6 @@ from cogdiff.training.checkpoint import step_of
 from cogdiff.workflows import trainer
 from cogdiff.workflows.train import main as train_main
 from cogdiff.workflows.train import run_training
-from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
@@ -53,7 +53,11 @@ def rows(path):
 def tiny_run(one_thread, train_mod, tmp_path_factory):
     """The shipped tiny model for 150 steps at batch 16 (Fashion-MNIST when installed, else generated shapes)."""
     out = tmp_path_factory.mktemp("tiny")
-    extra = [] if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file() else ["data.kind=synthetic", "data.resolution=16"]
+    extra = (
+        []
+        if Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file()
+        else ["data.kind=synthetic", "data.resolution=16"]
+    )
     cfg = load_config(TINY_YAML, [*extra, "train.steps=150", "train.batch_size=16", "optim.warmup_steps=20",
                                   "train.log_every=25", "train.checkpoint_every=50", "train.sample_every=75",
                                   "sample.num_inference_steps=10", f"train.output_dir={out}"])
@@ -93,12 +97,16 @@ def test_exported_pipeline_has_ema_and_raw_weights(tiny_run):
     raw_pipe = UViTPipeline.from_pretrained(out / "pipeline", variant="raw")
     ema_sd, raw_sd = ema_pipe.transformer.state_dict(), raw_pipe.transformer.state_dict()
     ckpt = out / "checkpoints" / "step_0000150" / "transformer"
-    assert all(torch.equal(raw_sd[k], v) for k, v in load_file(ckpt / "diffusion_pytorch_model.raw.safetensors").items())
+    assert all(
+        torch.equal(raw_sd[k], v) for k, v in load_file(ckpt / "diffusion_pytorch_model.raw.safetensors").items()
+    )
     assert all(torch.equal(ema_sd[k], v) for k, v in load_file(ckpt / "diffusion_pytorch_model.safetensors").items())
     assert any(not torch.equal(ema_sd[k], raw_sd[k]) for k in ema_sd)  # the EMA really differs from the weights
     assert not (out / "pipeline" / "training_state.pt").exists()
     assert type(ema_pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    images = ema_pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = ema_pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, cfg.model["sample_size"], cfg.model["sample_size"], cfg.model["in_channels"])
 
 
@@ -210,7 +218,9 @@ def test_bad_model_settings_stop_training_in_one_line(train_mod, tmp_path, capsy
     assert "unknown U-ViT preset 'XL/2'" in main("model.preset=XL/2")
     assert "embed_dim 32 must be divisible by num_heads 3" in main("model.num_heads=3")
     assert "softmax_layers [99] out of range" in main("model.softmax_layers=[99]")
-    assert "train.cog_impl: Cog attention impl 'flash9' is not available here; choose one of auto, reference" in main("train.cog_impl=flash9")
+    assert "train.cog_impl: Cog attention impl 'flash9' is not available here; choose one of auto, reference" in main(
+        "train.cog_impl=flash9"
+    )
     assert not (tmp_path / "run").exists()  # refused before anything is written
     # Reference statistics built with other Inception weights (ValueError from cogdiff.metrics).
     ref = tmp_path / "ref.npz"
@@ -274,9 +284,18 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
             return {"fid": 10.0 + len(calls), "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": n}
 
     monkeypatch.setattr(cogdiff.metrics, "FIDEvaluator", FakeEvaluator)
-    cfg = micro_cfg(tmp_path, "model.num_classes=4", "train.grad_accum=2", "train.steps=6", "train.fid_every=3",
-                    "train.fid_ref=ref.npz", "train.fid_num_images=8", "sample.batch_size=4", "sample.guidance_scale=1.5",
-                    "train.checkpoint_every=100")
+    cfg = micro_cfg(
+        tmp_path,
+        "model.num_classes=4",
+        "train.grad_accum=2",
+        "train.steps=6",
+        "train.fid_every=3",
+        "train.fid_ref=ref.npz",
+        "train.fid_num_images=8",
+        "sample.batch_size=4",
+        "sample.guidance_scale=1.5",
+        "train.checkpoint_every=100",
+    )
     run_training(cfg)
     assert calls[0] == ("init", "ref.npz", None)
     # sample.batch_size batches of uint8 NHWC images from the EMA copy (eval mode), one process: no gather
@@ -298,8 +317,15 @@ def test_resume_guards(train_mod, tmp_path):
     with pytest.raises(ConfigError, match=r"cannot resume: model.embed_dim \(32 -> 64\) differ"):
         run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "model.embed_dim=64"))
     with pytest.raises(ConfigError, match=r"diffusion.beta_schedule \('linear' -> 'scaled_linear'\) differ"):
-        run_training(micro_cfg(tmp_path, "train.steps=4", "train.resume=latest", "diffusion.beta_schedule=scaled_linear",
-                                  "train.resume_force=true"))  # no override for the model or the noise schedule
+        run_training(
+            micro_cfg(
+                tmp_path,
+                "train.steps=4",
+                "train.resume=latest",
+                "diffusion.beta_schedule=scaled_linear",
+                "train.resume_force=true",
+            )
+        )  # no override for the model or the noise schedule
     # Data, seed and batch split decide which examples and noise each step uses: refused, naming every key.
     changes = ["data.limit=64", "data.random_flip=false", "data.split=test", "train.seed=1", "train.batch_size=8",
                "train.grad_accum=2"]

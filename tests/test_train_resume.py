@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MICRO
 from safetensors.torch import load_file
 
 from cogdiff.config import load_config
@@ -19,7 +20,6 @@ from cogdiff.training import list_checkpoints, load_training_state
 from cogdiff.training.checkpoint import step_of
 from cogdiff.workflows import trainer
 from cogdiff.workflows.train import run_training
-from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "tiny.yaml"
@@ -28,7 +28,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHON
 
 
 def launch(out, *extra):
-    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", str(TINY_YAML), *MICRO, f"train.output_dir={out}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cogdiff.workflows.train",
+        "--config",
+        str(TINY_YAML),
+        *MICRO,
+        f"train.output_dir={out}",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=out.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -38,7 +47,9 @@ def rows(path):
 
 def weights(run):
     t = run / "pipeline" / "transformer"
-    return load_file(t / "diffusion_pytorch_model.raw.safetensors"), load_file(t / "diffusion_pytorch_model.safetensors")
+    return load_file(t / "diffusion_pytorch_model.raw.safetensors"), load_file(
+        t / "diffusion_pytorch_model.safetensors"
+    )
 
 
 def assert_same_tensors(a, b):
@@ -103,8 +114,18 @@ def test_crash_while_writing_keeps_previous_checkpoint(train_mod, tmp_path, monk
             raise RuntimeError("simulated crash mid-write")
 
     monkeypatch.setattr(train_mod, "write_pipeline", crash_at_step_10)
-    cfg = lambda *extra: load_config(TINY_YAML, [*MICRO, "train.steps=10", "train.checkpoint_every=5", "train.log_every=5",  # noqa: E731
-                                                 f"train.output_dir={tmp_path}", *extra])
+    def cfg(*extra):
+        return load_config(
+            TINY_YAML,
+            [
+                *MICRO,
+                "train.steps=10",
+                "train.checkpoint_every=5",
+                "train.log_every=5",  # noqa: E731
+                f"train.output_dir={tmp_path}",
+                *extra,
+            ],
+        )
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(cfg())
     root = tmp_path / "checkpoints"

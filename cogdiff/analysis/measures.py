@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -28,7 +27,9 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(a, axis=axis)
 
 
-def negative_stats(weights: torch.Tensor, query_slice: slice = slice(None), key_slice: slice = slice(None)) -> Dict[str, torch.Tensor]:
+def negative_stats(
+    weights: torch.Tensor, query_slice: slice = slice(None), key_slice: slice = slice(None)
+) -> Dict[str, torch.Tensor]:
     """Per-head negativity of (B, H, Lq, Lk) weights, averaged over batch, queries and keys.
 
     Returns a dict of (H,) float tensors:

@@ -51,7 +51,9 @@ def _block_labels(blocks: Sequence[int], types: Sequence[str]) -> list:
     return [f"{b}{'c' if t == 'cog' else 's'}" for b, t in zip(blocks, types)]
 
 
-def plot_image_grid(images, path, nrow: Optional[int] = None, title: str = "", cell: float = 0.9, dpi: int = DEFAULT_DPI) -> Figure:
+def plot_image_grid(
+    images, path, nrow: Optional[int] = None, title: str = "", cell: float = 0.9, dpi: int = DEFAULT_DPI
+) -> Figure:
     """A grid of images (list of PIL images or arrays, or an (N, H, W, C) array in [0, 1])."""
     images = [_to_hwc(im) for im in images]
     n = len(images)
@@ -93,7 +95,9 @@ def plot_negative_by_block(tables: Mapping[str, NegativeStatsTable], path, dpi: 
     return fig
 
 
-def plot_negative_by_timestep(table: NegativeStatsTable, path, key: str = "neg_share", title: str = "", dpi: int = DEFAULT_DPI) -> Figure:
+def plot_negative_by_timestep(
+    table: NegativeStatsTable, path, key: str = "neg_share", title: str = "", dpi: int = DEFAULT_DPI
+) -> Figure:
     """Heatmap of ``key`` (``neg_share``, ``mean_abs_neg`` or ``neg_mass``) over (timestep, block)."""
     data = getattr(table, key)
     fig = new_figure(1.2 + 0.45 * len(table.blocks), 0.8 + 0.22 * len(table.timesteps))
@@ -112,7 +116,9 @@ def plot_negative_by_timestep(table: NegativeStatsTable, path, key: str = "neg_s
     return fig
 
 
-def plot_attention_maps(image, maps: Mapping[str, np.ndarray], query_patch: int, path, alpha: float = 0.6, dpi: int = DEFAULT_DPI) -> Figure:
+def plot_attention_maps(
+    image, maps: Mapping[str, np.ndarray], query_patch: int, path, alpha: float = 0.6, dpi: int = DEFAULT_DPI
+) -> Figure:
     """The image, then each signed (grid, grid) map drawn over it (red > 0, blue < 0, one symmetric
     scale per panel); the query patch is outlined in green."""
     img = _to_hwc(image)
@@ -128,7 +134,15 @@ def plot_attention_maps(image, maps: Mapping[str, np.ndarray], query_patch: int,
         ax = fig.add_subplot(1, len(maps) + 1, j + 2)
         ax.imshow(np.clip(img.mean(-1), 0, 1), cmap="gray", interpolation="nearest")
         vmax = float(np.abs(m).max()) or 1.0
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+        im = ax.imshow(
+            m,
+            cmap="RdBu_r",
+            vmin=-vmax,
+            vmax=vmax,
+            alpha=alpha,
+            extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            interpolation="nearest",
+        )
         r, c = divmod(query_patch, grid)
         ax.add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="lime", linewidth=1.5))
         ax.set_title(f"{name}\nmin {m.min():+.3f} max {m.max():+.3f}", fontsize=7)
@@ -139,7 +153,12 @@ def plot_attention_maps(image, maps: Mapping[str, np.ndarray], query_patch: int,
     return fig
 
 
-def plot_similarity_by_depth(curves: Mapping[str, np.ndarray], path, block_types: Optional[Mapping[str, Sequence[str]]] = None, dpi: int = DEFAULT_DPI) -> Figure:
+def plot_similarity_by_depth(
+    curves: Mapping[str, np.ndarray],
+    path,
+    block_types: Optional[Mapping[str, Sequence[str]]] = None,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
     """Mean pairwise cosine similarity of patch tokens vs depth (0 = input, i + 1 = after block i);
     one line per model. Markers are hollow on Cog blocks when ``block_types`` is given."""
     fig = new_figure(4.5, 2.8)
@@ -160,7 +179,13 @@ def plot_similarity_by_depth(curves: Mapping[str, np.ndarray], path, block_types
     return fig
 
 
-def plot_curves(panels: Mapping[str, Mapping[str, Tuple[Sequence[float], Sequence[float]]]], path, xlabel: str = "step", logy: Sequence[str] = (), dpi: int = DEFAULT_DPI) -> Figure:
+def plot_curves(
+    panels: Mapping[str, Mapping[str, Tuple[Sequence[float], Sequence[float]]]],
+    path,
+    xlabel: str = "step",
+    logy: Sequence[str] = (),
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
     """One panel per key of ``panels`` (its y label), one line per run: ``{"loss": {"run": (x, y)}}``.
     Panels named in ``logy`` use a log y axis."""
     fig = new_figure(4.2 * len(panels), 2.8)

@@ -9,7 +9,9 @@ import os
 import sys
 from typing import List, Optional
 
-from .extract import PRECISIONS
+from ..cli import run_cli
+from .extract import PRECISIONS, extract_latents
+from .store import read_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,34 +36,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "extract":
+        m = extract_latents(
+            args.data, args.out, args.vae, image_size=args.image_size, shard_size=args.shard_size,
+            batch_size=args.batch_size, precision=args.precision, scaling_factor=args.scaling_factor,
+            shift_factor=args.shift_factor, num_workers=args.num_workers, device=args.device,
+            max_shards=args.max_shards, progress=not args.no_progress,
+        )
+        done = sum(os.path.isfile(os.path.join(args.out, s["file"])) for s in m["shards"])
+        print(
+            f"{args.out}: {done}/{len(m['shards'])} shards, {m['num_examples']} examples, latent shape {m['shape']}"
+            + ("" if m["complete"] else " - incomplete: run the same command again to resume")
+        )
+        return
+    m = read_manifest(args.root)
+    if m is None:
+        raise FileNotFoundError(f"no manifest.json in {args.root!r}: run `python -m cogdiff.latents extract` first")
+    keys = ("num_examples", "shape", "image_size", "num_classes", "scaling_factor", "shift_factor", "vae_path",
+            "complete")
+    print(json.dumps({k: m[k] for k in keys} | {"shards": len(m["shards"])}, indent=1))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "extract":
-            from .extract import extract_latents
-
-            m = extract_latents(
-                args.data, args.out, args.vae, image_size=args.image_size, shard_size=args.shard_size,
-                batch_size=args.batch_size, precision=args.precision, scaling_factor=args.scaling_factor,
-                shift_factor=args.shift_factor, num_workers=args.num_workers, device=args.device,
-                max_shards=args.max_shards, progress=not args.no_progress,
-            )
-            done = sum(os.path.isfile(os.path.join(args.out, s["file"])) for s in m["shards"])
-            print(f"{args.out}: {done}/{len(m['shards'])} shards, {m['num_examples']} examples, latent shape {m['shape']}"
-                  + ("" if m["complete"] else " - incomplete: run the same command again to resume"))
-        else:
-            from .store import read_manifest
-
-            m = read_manifest(args.root)
-            if m is None:
-                raise FileNotFoundError(f"no manifest.json in {args.root!r}: run `python -m cogdiff.latents extract` first")
-            keys = ("num_examples", "shape", "image_size", "num_classes", "scaling_factor", "shift_factor", "vae_path",
-                    "complete")
-            print(json.dumps({k: m[k] for k in keys} | {"shards": len(m["shards"])}, indent=1))
-    except (FileNotFoundError, ValueError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: _run(args), (FileNotFoundError, ValueError, FloatingPointError))
 
 
 if __name__ == "__main__":

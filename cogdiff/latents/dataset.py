@@ -37,7 +37,8 @@ class LatentData:
             )
         if not manifest["complete"]:
             raise ValueError(
-                f"latent set {root!r} is incomplete: run the same `python -m cogdiff.latents extract` command again to finish it"
+                f"latent set {root!r} is incomplete: run the same `python -m cogdiff.latents extract` command "
+                "again to finish it"
             )
         self.root, self.manifest = root, manifest
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -54,7 +55,8 @@ class LatentData:
         labels = np.load(os.path.join(root, manifest["labels_file"]))
         if labels.shape != (self.num_examples,):
             raise ValueError(
-                f"{root}/{manifest['labels_file']} has shape {labels.shape}, expected ({self.num_examples},): re-extract"
+                f"{root}/{manifest['labels_file']} has shape {labels.shape}, expected ({self.num_examples},): "
+                "re-extract"
             )
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self._starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
@@ -64,7 +66,8 @@ class LatentData:
             expected = (s["count"], 2, 2, *self.shape)
             if arr.shape != expected or arr.dtype != np.dtype(manifest["dtype"]):
                 raise ValueError(
-                    f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: re-extract it"
+                    f"shard {s['file']} is {arr.dtype}{arr.shape}, expected {manifest['dtype']}{expected}: "
+                    "re-extract it"
                 )
             self._shards.append(arr)
         self._resident = None
@@ -94,7 +97,9 @@ class LatentData:
         """Examples ``indices`` -> (x float32 (B, C, H, W), y long (B,)) on ``self.device``."""
         idx = torch.as_tensor(indices).reshape(-1).long().cpu()
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
-            raise IndexError(f"indices must lie in [0, {self.num_examples}), got min {int(idx.min())} max {int(idx.max())}")
+            raise IndexError(
+                f"indices must lie in [0, {self.num_examples}), got min {int(idx.min())} max {int(idx.max())}"
+            )
         gen_device = generator.device if generator is not None else torch.device("cpu")
         if self.random_flip:
             flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device).cpu()

@@ -31,7 +31,8 @@ def vae_dir(path: str) -> str:
             return candidate
     raise FileNotFoundError(
         f"no VAE at {path!r}: pass a local diffusers AutoencoderKL folder (config.json + "
-        "diffusion_pytorch_model.safetensors, as written by AutoencoderKL.save_pretrained) or a pipeline folder with vae/"
+        "diffusion_pytorch_model.safetensors, as written by AutoencoderKL.save_pretrained) "
+        "or a pipeline folder with vae/"
     )
 
 
@@ -48,7 +49,9 @@ def load_vae(path: str, precision: str = "fp32", device: Optional[torch.device] 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     vae = AutoencoderKL.from_pretrained(vae_dir(path), torch_dtype=PRECISIONS[precision], use_safetensors=True)
-    factors = {k: float(v) for k, v in (("scaling_factor", scaling_factor), ("shift_factor", shift_factor)) if v is not None}
+    factors = {
+        k: float(v) for k, v in (("scaling_factor", scaling_factor), ("shift_factor", shift_factor)) if v is not None
+    }
     if factors:
         vae.register_to_config(**factors)
     return vae.to(device or "cpu").eval().requires_grad_(False)
@@ -59,7 +62,9 @@ def vae_fingerprint(path: str) -> Dict[str, str]:
     folder = vae_dir(path)
     weights = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
     if not weights:
-        raise FileNotFoundError(f"no .safetensors weights in {folder!r}: save the VAE with save_pretrained (safetensors)")
+        raise FileNotFoundError(
+            f"no .safetensors weights in {folder!r}: save the VAE with save_pretrained (safetensors)"
+        )
     return {
         "config_sha256": sha256_file(os.path.join(folder, "config.json")),
         "weights_sha256": store.sha256_lines([sha256_file(w) for w in weights]),
@@ -76,7 +81,9 @@ def encode_with_mirror(vae, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([stats[:b], stats[b:]], dim=1)  # (B, 2, 2, C, h, w)
 
 
-def build_manifest(data_dir, vae_path, vae, image_size, shard_size, batch_size, precision, scaling_factor, shift_factor):
+def build_manifest(
+    data_dir, vae_path, vae, image_size, shard_size, batch_size, precision, scaling_factor, shift_factor
+):
     files, labels, classes = scan_image_folder(data_dir)
     cfg = vae.config
     downscale = 2 ** (len(cfg.block_out_channels) - 1)
@@ -199,7 +206,9 @@ def extract_latents(
             pos += len(stats)
             bar.update(len(stats))
         if not np.isfinite(out).all():
-            raise FloatingPointError(f"shard {i} has non-finite latents (fp16 overflow or a broken VAE): try --precision fp32")
+            raise FloatingPointError(
+                f"shard {i} has non-finite latents (fp16 overflow or a broken VAE): try --precision fp32"
+            )
         path = os.path.join(out_dir, shards[i]["file"])
         atomic_save_npy(path, out)
         if on_shard is not None:

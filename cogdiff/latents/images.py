@@ -24,7 +24,9 @@ def scan_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
     Files are sorted by (class, file name), so the order — and hence every shard — is reproducible.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist: pass the ImageNet train dir, e.g. /data/imagenet/train")
+        raise FileNotFoundError(
+            f"image folder {root!r} does not exist: pass the ImageNet train dir, e.g. /data/imagenet/train"
+        )
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
     hint = " (it has a 'train' sub-folder: pass that)" if os.path.isdir(os.path.join(root, "train")) else ""
     if not classes:
@@ -32,7 +34,9 @@ def scan_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
     files, labels = [], []
     for label, name in enumerate(classes):
         names = sorted(
-            e.name for e in os.scandir(os.path.join(root, name)) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            e.name
+            for e in os.scandir(os.path.join(root, name))
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         files.extend(f"{name}/{n}" for n in names)
         labels.extend([label] * len(names))

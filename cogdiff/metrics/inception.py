@@ -79,7 +79,9 @@ def find_weights(weights: Optional[str] = None) -> str:
     for origin, path in (("weights=", weights), (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV))):
         if path:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"FID Inception weights {path!r} (from {origin}) not found; fix the path or {INSTALL_HINT}")
+                raise FileNotFoundError(
+                    f"FID Inception weights {path!r} (from {origin}) not found; fix the path or {INSTALL_HINT}"
+                )
             return path
     path = wheel_weights_path()
     if path is None:
@@ -110,7 +112,9 @@ def to_nchw_uint8(images) -> torch.Tensor:
     """uint8 images as NHWC / NCHW array or tensor, (N, H, W) grayscale included -> NCHW uint8 tensor, 3 channels."""
     t = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
     if t.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 in [0, 255], got {t.dtype}; convert floats in [0, 1] with cogdiff.pipelines.to_uint8")
+        raise TypeError(
+            f"images must be uint8 in [0, 255], got {t.dtype}; convert floats in [0, 1] with cogdiff.pipelines.to_uint8"
+        )
     if t.dim() == 3:
         t = t.unsqueeze(-1)
     if t.dim() != 4:
@@ -180,7 +184,8 @@ class InceptionFeatures(nn.Module):
         if not known and not allow_unverified:
             raise UnverifiedWeightsError(
                 f"FID weights {self.weights_path} have sha256 {self.sha256}, not a known copy of inception-2015-12-05; "
-                f"not loaded (loading it can run code stored in it): pass allow_unverified=True / {ALLOW_UNVERIFIED_FLAG} if you trust it"
+                f"not loaded (loading it can run code stored in it): pass allow_unverified=True / "
+                f"{ALLOW_UNVERIFIED_FLAG} if you trust it"
             )
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.resize = TF1Resize()

@@ -78,7 +78,9 @@ class FeatureAccumulator:
         self.count += len(f)
         self._kept.append(feats.detach().to("cpu", torch.float16).numpy())
 
-    def finish(self, fingerprint: str, extractor_id: str, source: str, max_kid_features: int = DEFAULT_KID_FEATURES) -> "RefStats":
+    def finish(
+        self, fingerprint: str, extractor_id: str, source: str, max_kid_features: int = DEFAULT_KID_FEATURES
+    ) -> "RefStats":
         if self.count < 2:
             raise ValueError(f"reference statistics need at least 2 images, got {self.count}")
         n = self.count
@@ -107,8 +109,13 @@ class RefStats:
         if not path.endswith(".npz"):
             raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
         arrays = dict(
-            mu=self.mu, sigma=self.sigma, count=np.int64(self.count), fingerprint=np.str_(self.fingerprint),
-            extractor_id=np.str_(self.extractor_id), source=np.str_(self.source), format_version=np.int64(FORMAT_VERSION),
+            mu=self.mu,
+            sigma=self.sigma,
+            count=np.int64(self.count),
+            fingerprint=np.str_(self.fingerprint),
+            extractor_id=np.str_(self.extractor_id),
+            source=np.str_(self.source),
+            format_version=np.int64(FORMAT_VERSION),
         )
         if self.kid_features is not None:
             arrays["kid_features"] = self.kid_features.astype(np.float16)
@@ -120,10 +127,16 @@ class RefStats:
         """Load and check: ``extractor_id`` (if given) must match the file's; so must ``fingerprint``."""
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"reference statistics {path!r} not found; build them with: python -m cogdiff.metrics ref SOURCE --out {path}")
+            raise FileNotFoundError(
+                f"reference statistics {path!r} not found; build them with: "
+                f"python -m cogdiff.metrics ref SOURCE --out {path}"
+            )
         with np.load(path, allow_pickle=False) as z:
             if "mu" not in z or "sigma" not in z:
-                raise ValueError(f"{path} has no 'mu'/'sigma' arrays: not reference statistics (build with python -m cogdiff.metrics ref)")
+                raise ValueError(
+                    f"{path} has no 'mu'/'sigma' arrays: not reference statistics "
+                    "(build with python -m cogdiff.metrics ref)"
+                )
             get = lambda k, d: z[k].item() if k in z else d  # noqa: E731
             stats = cls(
                 mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), count=int(get("count", 0)),
@@ -186,8 +199,14 @@ def progress_images(batches: Iterable[np.ndarray], desc: str, total: Optional[in
             bar.update(len(batch))
 
 
-def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = "", max_kid_features: int = DEFAULT_KID_FEATURES,
-                      progress: bool = False, total: Optional[int] = None) -> RefStats:
+def compute_ref_stats(
+    batches: Iterable[np.ndarray],
+    extractor,
+    source: str = "",
+    max_kid_features: int = DEFAULT_KID_FEATURES,
+    progress: bool = False,
+    total: Optional[int] = None,
+) -> RefStats:
     """Reference statistics of uint8 NHWC batches through ``extractor`` (an :class:`InceptionFeatures`)."""
     fp, acc = Fingerprint(), FeatureAccumulator()
     for batch in progress_images(batches, "reference features", total, progress):
@@ -197,8 +216,16 @@ def compute_ref_stats(batches: Iterable[np.ndarray], extractor, source: str = ""
     return acc.finish(fp.hexdigest(), extractor.extractor_id, source, max_kid_features)
 
 
-def ensure_ref_stats(path: str, make_batches, extractor, source: str = "", force: bool = False,
-                     max_kid_features: int = DEFAULT_KID_FEATURES, progress: bool = False, total: Optional[int] = None) -> RefStats:
+def ensure_ref_stats(
+    path: str,
+    make_batches,
+    extractor,
+    source: str = "",
+    force: bool = False,
+    max_kid_features: int = DEFAULT_KID_FEATURES,
+    progress: bool = False,
+    total: Optional[int] = None,
+) -> RefStats:
     """Cached reference statistics: reuse ``path`` when it was built from the same images (fingerprint)
     with the same feature extractor; a different image set is an error unless ``force`` (then rebuild).
     ``make_batches()`` returns a fresh iterable of uint8 NHWC batches; ``total`` (images) sizes the progress bar."""

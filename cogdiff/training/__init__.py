@@ -1,6 +1,7 @@
 """Training pieces used by :mod:`cogdiff.workflows.trainer`: EMA, checkpoints, batch plan, diffusion loss and
 run logging. The run folder's layout is described (and its names owned) by :mod:`cogdiff.rundir`."""
 
+from ..seeds import derive_seed
 from .batches import BatchPlan
 from .checkpoint import (
     RAW_VARIANT,
@@ -12,7 +13,6 @@ from .checkpoint import (
     save_checkpoint,
     write_pipeline,
 )
-from ..seeds import derive_seed
 from .diffusion import diffusion_loss, drop_labels, make_noise_scheduler
 from .ema import EMA
 from .runlog import RunLog, gpu_memory_gb

@@ -10,7 +10,6 @@ the previous checkpoints untouched and no half-written ``step_*`` folder.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -43,7 +42,9 @@ def list_checkpoints(root: Path) -> List[Path]:
     """Complete checkpoints under ``root``, oldest first."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and (p / TRAINING_STATE).is_file()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and (p / TRAINING_STATE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -59,7 +60,11 @@ def capture_rng() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]],
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""The diffusion pieces of training: noise schedule, loss, per-step seeds (sampling schedulers: cogdiff.sampling; seeds: cogdiff.seeds)."""
+"""The diffusion pieces of training: noise schedule, loss, label dropout (sampling schedulers: cogdiff.sampling;
+seeds: cogdiff.seeds)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-
 
 
 def make_noise_scheduler(cfg_diffusion, latent: bool = False) -> DDPMScheduler:

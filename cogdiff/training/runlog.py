@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
-
-import numpy as np
 
 from ..grids import image_grid, save_png
 from ..rundir import RunDir, append_jsonl

@@ -21,7 +21,6 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
-
 import torch
 
 from ..analysis.plots import plot_curves
@@ -95,10 +94,25 @@ def default_label(spec: str) -> str:
     return name + (f"@{variant}" if variant else "")
 
 
-def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] = None, num_images: int = 10_000,
-            scheduler: str = "dpm++", steps: int = 50, batch_size: int = 256, seed: int = 0, guidance_scale: float = 1.0,
-            bf16: bool = False, device=None, weights: Optional[str] = None, grid_images: int = 8, progress: bool = True,
-            command: Optional[str] = None, allow_unverified_weights: bool = False) -> dict:
+def compare(
+    models: List[str],
+    ref: str,
+    out: str,
+    labels: Optional[List[str]] = None,
+    num_images: int = 10_000,
+    scheduler: str = "dpm++",
+    steps: int = 50,
+    batch_size: int = 256,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    bf16: bool = False,
+    device=None,
+    weights: Optional[str] = None,
+    grid_images: int = 8,
+    progress: bool = True,
+    command: Optional[str] = None,
+    allow_unverified_weights: bool = False,
+) -> dict:
     """Sample, score and report (see the module docstring). Returns the JSON record."""
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models, got {len(models)}")
@@ -128,13 +142,21 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         run_fid = run.fid() if run else []
         if run_fid:
             curves[label] = run_fid
-        rows.append(dict(model=label, path=os.path.abspath(model), weights=variant or "default (EMA for training exports)",
-                         attention=cfg.attention_type,
-                         attention_types=pipe.transformer.attention_types(),
-                         params=sum(p.numel() for p in pipe.transformer.parameters()),
-                         run_dir=os.path.abspath(run_dir) if run_dir else None, **scores,
-                         sample_s=round(ev.last_timings.get("source_s", 0.0), 3), total_s=round(elapsed, 3),
-                         last_logged_fid=run_fid[-1] if run_fid else None))
+        rows.append(
+            dict(
+                model=label,
+                path=os.path.abspath(model),
+                weights=variant or "default (EMA for training exports)",
+                attention=cfg.attention_type,
+                attention_types=pipe.transformer.attention_types(),
+                params=sum(p.numel() for p in pipe.transformer.parameters()),
+                run_dir=os.path.abspath(run_dir) if run_dir else None,
+                **scores,
+                sample_s=round(ev.last_timings.get("source_s", 0.0), 3),
+                total_s=round(elapsed, 3),
+                last_logged_fid=run_fid[-1] if run_fid else None,
+            )
+        )
         del pipe
     record = dict(
         protocol=dict(sampler=scheduler, steps=steps, num_images=num_images, seed=seed, image_seeds=SEED_RULE,
@@ -147,9 +169,12 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
         command=command,
         results=rows,
     )
-    md = (f"# Comparison: FID-{num_images} ({scheduler}, {steps} steps, guidance {guidance_scale}, seed {seed}, "
-          f"{'bf16' if bf16 else 'fp32'})\n\nReference: `{ref}` ({ev.ref.count} images, fingerprint {ev.ref.fingerprint[:16]}); "
-          f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(rows))
+    md = (
+        f"# Comparison: FID-{num_images} ({scheduler}, {steps} steps, guidance {guidance_scale}, seed {seed}, "
+        f"{'bf16' if bf16 else 'fp32'})\n\nReference: `{ref}` ({ev.ref.count} images, "
+        f"fingerprint {ev.ref.fingerprint[:16]}); "
+        f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(rows)
+    )
     files = dict(json=os.path.join(out, "compare.json"), markdown=os.path.join(out, "compare.md"),
                  grid=save_grid(grids, os.path.join(out, "grid.png")), grid_images=os.path.join(out, "grid_images.npz"))
     atomic_savez(files["grid_images"], **grids)
@@ -164,7 +189,9 @@ def compare(models: List[str], ref: str, out: str, labels: Optional[List[str]] =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m cogdiff.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m cogdiff.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("models", nargs="+", help="two or more pipeline folders or training run folders; PATH@raw takes "
                     "the raw (non-EMA) weights variant")
     ap.add_argument("--ref", required=True, help="reference statistics (python -m cogdiff.metrics ref ...)")
@@ -179,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--guidance-scale", type=float, default=1.0)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--weights", default=None, help="Inception weights (full weights with logits add the Inception Score)")
+    ap.add_argument(
+        "--weights", default=None, help="Inception weights (full weights with logits add the Inception Score)"
+    )
     ap.add_argument(ALLOW_UNVERIFIED_FLAG, action="store_true",
                     help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code)")
     ap.add_argument("--grid-images", type=int, default=8, help="images per model in grid.png")

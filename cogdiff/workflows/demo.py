@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from ..data import FASHION_MNIST_DIR
+
 ATTENTION_TYPES = ("softmax", "cog")
 
 
@@ -47,7 +48,9 @@ def run_parallel(cmds: List[Sequence[str]], logs: List[Path], threads: int) -> N
         _show(cmd)
         log.parent.mkdir(parents=True, exist_ok=True)
         f = open(log, "w")
-        procs.append((subprocess.Popen([str(c) for c in cmd], env=_env(threads), stdout=f, stderr=subprocess.STDOUT), f, log))
+        procs.append(
+            (subprocess.Popen([str(c) for c in cmd], env=_env(threads), stdout=f, stderr=subprocess.STDOUT), f, log)
+        )
     failed = []
     for p, f, log in procs:
         p.wait()
@@ -62,8 +65,12 @@ def run_parallel(cmds: List[Sequence[str]], logs: List[Path], threads: int) -> N
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/tiny.yaml", help="training config shared by both models")
-    ap.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "synthetic"],
-                    help="fashion_mnist (Debian package dataset-fashion-mnist) or synthetic (generated shapes, no files)")
+    ap.add_argument(
+        "--data",
+        default="fashion_mnist",
+        choices=["fashion_mnist", "synthetic"],
+        help="fashion_mnist (Debian package dataset-fashion-mnist) or synthetic (generated shapes, no files)",
+    )
     ap.add_argument("--out", default="outputs/demo", help="output folder (runs, reference statistics, comparison)")
     ap.add_argument("--steps", type=int, default=1500, help="training steps per model")
     ap.add_argument("--fid-every", type=int, default=500, help="FID during training every N steps (0 = off)")
@@ -73,7 +80,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler", default="ddpm", help="sampler for FID and the comparison (a cogdiff.sampling name)")
     ap.add_argument("--sample-steps", type=int, default=100, help="sampler steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1), help="train the two models side by side on this many cores")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="train the two models side by side on this many cores",
+    )
     args = ap.parse_args(argv)
 
     py = sys.executable
@@ -94,12 +106,32 @@ def main(argv=None) -> int:
          "--out", ref, "--device", "cpu", "--batch-size", "50"], threads=os.cpu_count() or 1)
 
     # 2. train both models with the same seed, data order and sampler
-    common = [f"data.kind={args.data}", f"train.steps={args.steps}", f"train.seed={args.seed}", f"train.fid_every={args.fid_every}",
-              f"train.fid_num_images={args.fid_images}", f"train.fid_ref={ref}", f"sample.scheduler={args.scheduler}",
-              f"sample.num_inference_steps={args.sample_steps}", f"train.sample_every={args.steps}",
-              f"train.checkpoint_every={args.steps}", "train.keep_last=1"]
-    cmds = [[py, "-m", "cogdiff.workflows.train", "--config", args.config, f"model.attention_type={a}", f"train.output_dir={out / a}", *common]
-            for a in ATTENTION_TYPES]
+    common = [
+        f"data.kind={args.data}",
+        f"train.steps={args.steps}",
+        f"train.seed={args.seed}",
+        f"train.fid_every={args.fid_every}",
+        f"train.fid_num_images={args.fid_images}",
+        f"train.fid_ref={ref}",
+        f"sample.scheduler={args.scheduler}",
+        f"sample.num_inference_steps={args.sample_steps}",
+        f"train.sample_every={args.steps}",
+        f"train.checkpoint_every={args.steps}",
+        "train.keep_last=1",
+    ]
+    cmds = [
+        [
+            py,
+            "-m",
+            "cogdiff.workflows.train",
+            "--config",
+            args.config,
+            f"model.attention_type={a}",
+            f"train.output_dir={out / a}",
+            *common,
+        ]
+        for a in ATTENTION_TYPES
+    ]
     logs = [out / f"train_{a}.log" for a in ATTENTION_TYPES]
     if args.parallel > 1:
         run_parallel(cmds, logs, threads=max(1, (os.cpu_count() or 1) // len(cmds)))

@@ -42,11 +42,17 @@ def training_summary(metrics: List[dict], fid: List[dict]) -> dict:
     q = statistics.quantiles(rates, n=4) if len(rates) > 1 else [rates[0]] * 3
     tail = [r["loss"] for r in metrics if r["step"] > last - LOSS_TAIL_STEPS]
     mem = [r["gpu_mem_gb"] for r in metrics if "gpu_mem_gb" in r]
-    return dict(steps=last, images_per_s_median=statistics.median(rates), images_per_s_iqr=[q[0], q[2]],
-                log_windows=len(rates), final_loss=statistics.fmean(tail), final_loss_steps=LOSS_TAIL_STEPS,
-                peak_gpu_mem_gb=max(mem) if mem else None,  # as logged: includes in-loop FID sampling, if any
-                peak_gpu_mem_gb_first_window=mem[0] if mem else None,  # before any in-loop evaluation
-                fid_during_training=[{k: r.get(k) for k in ("step", "fid", "kid_mean", "kid_std", "num_images")} for r in fid])
+    return dict(
+        steps=last,
+        images_per_s_median=statistics.median(rates),
+        images_per_s_iqr=[q[0], q[2]],
+        log_windows=len(rates),
+        final_loss=statistics.fmean(tail),
+        final_loss_steps=LOSS_TAIL_STEPS,
+        peak_gpu_mem_gb=max(mem) if mem else None,  # as logged: includes in-loop FID sampling, if any
+        peak_gpu_mem_gb_first_window=mem[0] if mem else None,  # before any in-loop evaluation
+        fid_during_training=[{k: r.get(k) for k in ("step", "fid", "kid_mean", "kid_std", "num_images")} for r in fid],
+    )
 
 
 def _final_scores(compare_json: Optional[str]) -> Dict[str, dict]:
@@ -54,7 +60,17 @@ def _final_scores(compare_json: Optional[str]) -> Dict[str, dict]:
     rec = _record(compare_json)
     if rec is None:
         return {}
-    keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "inception_score", "sample_s", "total_s", "weights")
+    keep = (
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "kid_subset_size",
+        "num_images",
+        "inception_score",
+        "sample_s",
+        "total_s",
+        "weights",
+    )
     return {r["model"].split("@")[0]: {k: r.get(k) for k in keep} for r in rec["results"]}
 
 
@@ -89,34 +105,63 @@ def _fmt(v, nd=2) -> str:
 def summary_markdown(rec: dict) -> str:
     p, models = rec["protocol"], rec["models"]
     floor = rec.get("test_split_floor")
-    lines = [f"# {rec['title']}", "",
-             f"Code: commit {rec['commit']}; GPU: {rec['gpu']}; final scores: FID-{p['num_images']} and KID against "
-             f"{p['ref_count']} reference images ({p['ref_source']}), sampler {p['sampler']} with {p['steps']} steps, "
-             f"seed {p['seed']}, {'bf16' if p['bf16'] else 'fp32'}. Inception Score: "
-             + ("reported." if any(m["ema"].get("inception_score") is not None for m in models.values())
-                else f"not computed — {p.get('inception_score_note') or 'no full Inception weights'}."), "",
-             "| model | attention | steps | FID EMA | KID EMA (x1e3) | FID raw | KID raw (x1e3) | final loss | train img/s (median) | sample+score s (EMA) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {rec['title']}",
+        "",
+        f"Code: commit {rec['commit']}; GPU: {rec['gpu']}; final scores: FID-{p['num_images']} and KID against "
+        f"{p['ref_count']} reference images ({p['ref_source']}), sampler {p['sampler']} with {p['steps']} steps, "
+        f"seed {p['seed']}, {'bf16' if p['bf16'] else 'fp32'}. Inception Score: "
+        + (
+            "reported."
+            if any(m["ema"].get("inception_score") is not None for m in models.values())
+            else f"not computed — {p.get('inception_score_note') or 'no full Inception weights'}."
+        ),
+        "",
+        "| model | attention | steps | FID EMA | KID EMA (x1e3) | FID raw | KID raw (x1e3) | final loss "
+        "| train img/s (median) | sample+score s (EMA) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in models.items():
         e, r, t = m["ema"], m.get("raw") or {}, m["training"]
-        kid = lambda s: "n/a" if s.get("kid_mean") is None else f"{1e3 * s['kid_mean']:.1f} ± {1e3 * s['kid_std']:.1f}"
-        lines.append(f"| {name} | {m['attention']} | {t['steps']} | {_fmt(e.get('fid'))} | {kid(e)} | {_fmt(r.get('fid'))} | "
-                     f"{kid(r)} | {t['final_loss']:.5f} | {t['images_per_s_median']:.0f} | {_fmt(e.get('total_s'), 1)} |")
+        def kid(s):
+            return "n/a" if s.get("kid_mean") is None else f"{1e3 * s['kid_mean']:.1f} ± {1e3 * s['kid_std']:.1f}"
+        lines.append(
+            f"| {name} | {m['attention']} | {t['steps']} | {_fmt(e.get('fid'))} | {kid(e)} | {_fmt(r.get('fid'))} | "
+            f"{kid(r)} | {t['final_loss']:.5f} | {t['images_per_s_median']:.0f} | {_fmt(e.get('total_s'), 1)} |"
+        )
     for name, pl in rec.get("paired_loss", {}).items():
-        lines += ["", f"Paired training loss, {name} vs {next(iter(models))} (same images, noise and timesteps per step), "
-                      f"{pl['windows']} log windows after step {pl['from_step']}: mean difference {pl['mean_diff']:+.5f} "
-                      f"({pl['rel_mean_diff']:+.1%}; SD {pl['sd_diff']:.5f}), {name} higher in {pl['share_higher']:.0%} of them "
-                      f"(lag-1 autocorrelation {_fmt(pl['lag1_autocorr'])}: neighbouring windows are not independent)."]
+        lines += [
+            "",
+            f"Paired training loss, {name} vs {next(iter(models))} (same images, noise and timesteps per step), "
+            f"{pl['windows']} log windows after step {pl['from_step']}: mean difference {pl['mean_diff']:+.5f} "
+            f"({pl['rel_mean_diff']:+.1%}; SD {pl['sd_diff']:.5f}), {name} higher in {pl['share_higher']:.0%} of them "
+            f"(lag-1 autocorrelation {_fmt(pl['lag1_autocorr'])}: neighbouring windows are not independent).",
+        ]
     if floor:
-        lines += ["", f"Metric floor: FID of the {floor['num_images']} CIFAR-10 test images against the same reference = "
-                      f"{floor['fid']:.2f} (KID x1e3 {1e3 * floor['kid_mean']:.2f})."]
+        lines += [
+            "",
+            f"Metric floor: FID of the {floor['num_images']} CIFAR-10 test images against the same reference = "
+            f"{floor['fid']:.2f} (KID x1e3 {1e3 * floor['kid_mean']:.2f}).",
+        ]
     steps = sorted({r["step"] for m in models.values() for r in m["training"]["fid_during_training"]})
     if steps:
-        n = {m["training"]["fid_during_training"][0]["num_images"] for m in models.values() if m["training"]["fid_during_training"]}
-        lines += ["", f"FID-{'/'.join(map(str, sorted(n)))} of the EMA weights during training (same sampler and seeds):", "",
-                  "| step | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        n = {
+            m["training"]["fid_during_training"][0]["num_images"]
+            for m in models.values()
+            if m["training"]["fid_during_training"]
+        }
+        lines += [
+            "",
+            f"FID-{'/'.join(map(str, sorted(n)))} of the EMA weights during training (same sampler and seeds):",
+            "",
+            "| step | " + " | ".join(models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
         for s in steps:
-            row = [next((_fmt(r["fid"]) for r in m["training"]["fid_during_training"] if r["step"] == s), "") for m in models.values()]
+            row = [
+                next((_fmt(r["fid"]) for r in m["training"]["fid_during_training"] if r["step"] == s), "")
+                for m in models.values()
+            ]
             lines.append(f"| {s} | " + " | ".join(row) + " |")
     lines += ["", "Commands:", "", *[f"    {c}" for c in rec["commands"] if c]]
     return "\n".join(lines) + "\n"
@@ -143,7 +188,11 @@ def default_title(configs: Dict[str, dict]) -> str:
     first = next(iter(configs.values()))
     who = " vs ".join(f"{n} ({c['model'].get('attention_type')} attention)" for n, c in configs.items())
     preset = first["model"].get("preset")
-    arch = f"U-ViT preset {preset}" if preset else f"U-ViT depth {first['model'].get('depth')}, width {first['model'].get('embed_dim')}"
+    arch = (
+        f"U-ViT preset {preset}"
+        if preset
+        else f"U-ViT depth {first['model'].get('depth')}, width {first['model'].get('embed_dim')}"
+    )
     return f"{first['data']['kind']}, {first['train']['steps']} steps: {who}, {arch}"
 
 
@@ -156,10 +205,15 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
     names = sorted((n for n in os.listdir(runs_dir) if os.path.isfile(os.path.join(runs_dir, n, METRICS_FILE))),
                    key=lambda n: (n != "softmax", n))  # training runs only, the baseline first
     if len(names) < 2:
-        raise ValueError(f"{runs_dir} holds {len(names)} training run(s) with {METRICS_FILE}; a comparison needs two or more")
+        raise ValueError(
+            f"{runs_dir} holds {len(names)} training run(s) with {METRICS_FILE}; a comparison needs two or more"
+        )
     ema, raw = _final_scores(ema_json), _final_scores(os.path.join(out, "compare_raw", "compare.json"))
     if set(ema) != set(names):
-        raise ValueError(f"{ema_json} scores {sorted(ema)} but {runs_dir} holds {sorted(names)}: the compare labels must be the run folder names")
+        raise ValueError(
+            f"{ema_json} scores {sorted(ema)} but {runs_dir} holds {sorted(names)}: "
+            "the compare labels must be the run folder names"
+        )
     os.makedirs(dest, exist_ok=True)
     models, grids, configs, rows = {}, {}, {}, {}
     curves = {"loss": {}, f"loss (last {1 - LATE_FRACTION:.0%} of steps)": {}, "fid (EMA, during training)": {}}
@@ -169,12 +223,20 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
         rows[name] = metrics
         with open(os.path.join(run, "config.yaml")) as f:
             configs[name] = yaml.safe_load(f)
-        models[name] = dict(attention=configs[name]["model"]["attention_type"], ema=ema.get(name, {}), raw=raw.get(name),
-                            training=training_summary(metrics, fid), config=configs[name])
+        models[name] = dict(
+            attention=configs[name]["model"]["attention_type"],
+            ema=ema.get(name, {}),
+            raw=raw.get(name),
+            training=training_summary(metrics, fid),
+            config=configs[name],
+        )
         steps, loss = series(metrics, "loss")
         late = [i for i, st in enumerate(steps) if st > steps[-1] * LATE_FRACTION]
         curves["loss"][name], curves["fid (EMA, during training)"][name] = (steps, loss), series(fid, "fid")
-        curves[f"loss (last {1 - LATE_FRACTION:.0%} of steps)"][name] = ([steps[i] for i in late], [loss[i] for i in late])
+        curves[f"loss (last {1 - LATE_FRACTION:.0%} of steps)"][name] = (
+            [steps[i] for i in late],
+            [loss[i] for i in late],
+        )
         for fname in (METRICS_FILE, FID_FILE, "config.yaml"):
             if os.path.isfile(os.path.join(run, fname)):  # no fid.jsonl when FID during training was off
                 shutil.copyfile(os.path.join(run, fname), os.path.join(dest, f"{name}_{fname}"))
@@ -188,9 +250,16 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
         with open(floor_json) as f:
             floor = json.load(f)
     ema_rec, raw_rec = _record(ema_json), _record(os.path.join(out, "compare_raw", "compare.json"))
-    rec = dict(title=title or default_title(configs), commit=commit, gpu=gpu or ema_rec.get("device"), versions=ema_rec.get("versions"),
-               protocol=ema_rec["protocol"], models=models, test_split_floor=floor,
-               commands=[c for c in (*commands, ema_rec.get("command"), raw_rec and raw_rec.get("command")) if c])
+    rec = dict(
+        title=title or default_title(configs),
+        commit=commit,
+        gpu=gpu or ema_rec.get("device"),
+        versions=ema_rec.get("versions"),
+        protocol=ema_rec["protocol"],
+        models=models,
+        test_split_floor=floor,
+        commands=[c for c in (*commands, ema_rec.get("command"), raw_rec and raw_rec.get("command")) if c],
+    )
     files = {"summary": "summary.md", "curves": "curves.png"}
     atomic_save_with(os.path.join(dest, files["curves"]),
                      lambda tmp: plot_curves(curves, tmp, logy=("loss", "fid (EMA, during training)")), suffix=".png")
@@ -212,7 +281,9 @@ def report(out: str, dest: str, commit: str = "unknown", gpu: Optional[str] = No
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cogdiff.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m cogdiff.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out", help="the OUT folder of scripts/cifar10_comparison.sh")
     ap.add_argument("--dest", required=True, help="results folder to write")
     ap.add_argument("--commit", default=None, help="code commit the runs used (default: this checkout's HEAD)")

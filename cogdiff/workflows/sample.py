@@ -1,6 +1,6 @@
 """Generate N images from a saved pipeline (or a training run folder) into one .npz and/or PNG files.
 
-    python -m cogdiff.workflows.sample runs/cog --out samples/cog -n 10000 --scheduler dpm++ --steps 50 --batch-size 500 --bf16
+    python -m cogdiff.workflows.sample runs/cog --out samples/cog -n 10000 --scheduler dpm++ --steps 50 --bf16
     accelerate launch --num_processes 2 sample.py runs/cog --out samples/cog -n 50000 ...   # split over GPUs
 
 Resumable: every finished batch is kept as an atomic part file (OUT/parts/); rerunning the same command
@@ -18,9 +18,9 @@ import sys
 import torch
 from accelerate import PartialState
 
+from ..cli import run_cli
 from ..sampling import load_pipeline, merge_parts, sample_to_dir, scheduler_label
 from ..schedulers import SCHEDULERS, scheduler_name
-from ..cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,15 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("model", help="pipeline folder (model_index.json) or training run folder (with pipeline/)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("-n", "--num-images", type=int, required=True)
-    ap.add_argument("--variant", default=None, help="weights variant, e.g. raw (non-EMA weights of a training checkpoint)")
+    ap.add_argument(
+        "--variant", default=None, help="weights variant, e.g. raw (non-EMA weights of a training checkpoint)"
+    )
     ap.add_argument("--scheduler", default=None, type=scheduler_name, choices=sorted(SCHEDULERS),
                     help="default: the pipeline's own (diffusers-style aliases such as dpmsolver++ work too)")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
     ap.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance w (1 = off)")
-    ap.add_argument("--class-label", type=int, default=None, help="one label for all images (default: uniform per image)")
+    ap.add_argument(
+        "--class-label", type=int, default=None, help="one label for all images (default: uniform per image)"
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None, help="default: cuda (this process's GPU under accelerate) if available, else cpu")
+    ap.add_argument(
+        "--device", default=None, help="default: cuda (this process's GPU under accelerate) if available, else cpu"
+    )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the denoiser (sampler state stays fp32)")
     ap.add_argument("--format", default="npz", choices=["npz", "png", "both"])
     ap.add_argument("--no-progress", action="store_true")

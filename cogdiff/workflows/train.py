@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..cli import run_cli
 from ..config import Config, ConfigError, load_config
 from ..data import DataError, build_dataset
 from ..latents.extract import vae_dir
 from ..models import UViTModel
 from ..rundir import RunDir
 from ..training import export_pipeline, resolve_resume
-from ..cli import run_cli
 from .trainer import Hooks, build_trainer, model_kwargs, resolve_model, train_step
 
 

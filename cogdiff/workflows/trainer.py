@@ -126,7 +126,9 @@ def load_vae(cfg: Config, data, device):
     except FileNotFoundError as e:
         if path:
             raise
-        raise FileNotFoundError(f"{e} (the VAE recorded in the latent manifest; set model.vae=<its folder here>)") from None
+        raise FileNotFoundError(
+            f"{e} (the VAE recorded in the latent manifest; set model.vae=<its folder here>)"
+        ) from None
 
 
 def make_fid_evaluator(cfg: Config, device):
@@ -225,7 +227,9 @@ def build_trainer(cfg: Config) -> Trainer:
     sample_scheduler = make_scheduler(cfg.sample.scheduler, noise_scheduler.config)
     vae = load_vae(cfg, data, accelerator.device)
     fid = make_fid_evaluator(cfg, accelerator.device) if tc.fid_every > 0 else None  # every process scores its share
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the LR schedule is stepped by hand, once per step
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # the UViTModel itself (also under compile)
@@ -297,7 +301,9 @@ class Hooks:
             t.accelerator.print("note: latent data without a VAE (model.vae): no sample grids or FID")
         self.pending, self.window = [], []  # per-step losses not yet checked / checked since the last log row
         self.t_last, self.step_last, self.paused = time.perf_counter(), t.start, 0.0
-        self.bar = tqdm(total=cfg.train.steps, initial=t.start, disable=not t.is_main, desc=cfg.name, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=cfg.train.steps, initial=t.start, disable=not t.is_main, desc=cfg.name, dynamic_ncols=True
+        )
 
     def after_step(self, done: int, loss: torch.Tensor, grad_norm) -> None:
         tc = self.t.cfg.train
