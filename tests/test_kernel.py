@@ -81,8 +81,7 @@ _INTERP_SCRIPT = textwrap.dedent(
     import math, sys, torch
     from cogdiff.attention import cog_attention_reference
     from cogdiff.kernels import cog_triton as ct
-    for key in list(ct.CONFIGS):
-        ct.CONFIGS[key] = (16, 16, 4, 1)
+    ct.set_configs({key: (16, 16, 4, 1, True) for key in ct.CONFIGS})
     torch.manual_seed(0)
 
     def rel(a, b):
@@ -124,7 +123,7 @@ _INTERP_SCRIPT = textwrap.dedent(
     full[0, 1, 5] = False  # a fully masked row -> zeros
     ok.append(case("full mask + masked row", rn(26, 16), rn(26, 16), rn(26, 16), mask=full))
     # the FA2-style atomic-dq backward (off by default: it measured slower on the H200) stays correct
-    ct.BWD_MODE.update(short="atomic", long="atomic")
+    ct.set_configs(bwd_mode=dict(short="atomic", long="atomic"))
     ok.append(case("atomic dq L40 D32", rn(40, 32), rn(40, 32), rn(40, 32)))
     ok.append(case("atomic dq key-padding mask", rn(39, 32), rn(39, 32), rn(39, 32), mask=kp))
     sys.exit(0 if all(ok) else 1)
@@ -150,8 +149,7 @@ def test_custom_op_opcheck_under_interpreter():
         """
         import torch
         from cogdiff.kernels import cog_triton as ct
-        for key in list(ct.CONFIGS):
-            ct.CONFIGS[key] = (16, 16, 4, 1)
+        ct.set_configs({key: (16, 16, 4, 1, True) for key in ct.CONFIGS})
         q, k, v = (torch.randn(1, 2, 20, 16, dtype=torch.float16, requires_grad=True) for _ in range(3))
         mask = torch.rand(1, 1, 1, 20) > 0.3
         torch.library.opcheck(torch.ops.cogdiff.cog_attn_fwd.default, (q, k, v, mask, 0.25),
