@@ -37,25 +37,32 @@ from .cog_triton_kernels import _cog_fwd_kernel
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
-BUCKETS = (("short", 512), ("long", None))  # bucket name, longest sequence it covers (None = any)
+BUCKETS = (("short", 512), ("mid", 2048), ("long", None))  # name, longest sequence it covers (None = any)
 
 # (kernel, BLOCK_D, bucket) -> (BLOCK_M, BLOCK_N, num_warps, num_stages, tail). "fwd": query x key
 # tile; "dq": query rows x key tile; "dkdv": query tile x key rows. tail=True: a ragged length's last
 # tile is the remainder rounded up to a power of two >= 16 (else a masked full tile).
-# `python benchmarks/attention.py --sweep` times candidates per shape and writes the winners as a
-# JSON file that load_configs() applies; the defaults below come from the H200 sweep at D=64
-# (benchmarks/results/attention_h200.md); D=128 uses 8 warps in the backward, untuned.
-_DEFAULT = {
-    "fwd": {16: (64, 64, 4, 3, True), 32: (64, 64, 4, 3, True), 64: (64, 64, 4, 3, True), 128: (64, 64, 4, 3, True)},
-    "dq": {16: (64, 64, 4, 2, True), 32: (64, 64, 4, 2, True), 64: (64, 64, 4, 2, True), 128: (64, 64, 8, 2, True)},
-    "dkdv": {16: (64, 64, 4, 2, True), 32: (64, 64, 4, 2, True), 64: (64, 64, 4, 2, True), 128: (64, 64, 8, 2, True)},
-}
+# `python benchmarks/attention.py --sweep` times candidates per bucket and writes the winners as a
+# JSON file that load_configs() applies. The D=64 entries are the H200 sweep's winners (torch 2.11,
+# Triton 3.6; benchmarks/results/attention_h200.md); other head dims use the same tiles, untuned
+# (8 warps in the backward at D=128).
+_SHORT = {"fwd": (64, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (32, 64, 4, 2, True)}
+_MID = {"fwd": (128, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (64, 64, 4, 3, True)}
+_LONG = {"fwd": (64, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (64, 64, 4, 3, True)}
+_BY_BUCKET = {"short": _SHORT, "mid": _MID, "long": _LONG}
+
+
+def _default_config(kind: str, bd: int, bucket: str) -> Tuple[int, int, int, int, bool]:
+    bm, bn, warps, stages, tail = _BY_BUCKET[bucket][kind]
+    return bm, bn, 8 if bd == 128 and kind != "fwd" else warps, stages, tail
+
+
 CONFIGS: Dict[Tuple[str, int, str], Tuple[int, int, int, int, bool]] = {
-    (kind, bd, bucket): cfg for kind, by_d in _DEFAULT.items() for bd, cfg in by_d.items() for bucket, _ in BUCKETS
+    (kind, bd, bucket): _default_config(kind, bd, bucket)
+    for kind in ("fwd", "dq", "dkdv") for bd in (16, 32, 64, 128) for bucket, _ in BUCKETS
 }
-CONFIGS[("dkdv", 64, "long")] = (64, 64, 4, 3, True)
 # bucket -> how dq is computed in the backward: "recompute" | "atomic" (see cog_triton_bwd.py).
-BWD_MODE: Dict[str, str] = {"short": "recompute", "long": "recompute"}
+BWD_MODE: Dict[str, str] = {"short": "recompute", "mid": "atomic", "long": "recompute"}
 BWD_MODES = ("recompute", "atomic")
 
 
@@ -219,40 +226,22 @@ class _CogAttnFn(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------- custom ops (torch.compile)
-# triton_op: under torch.compile, Inductor traces into the bodies and launches the Triton kernels
-# itself (no Python on the hot path; CUDA-graph capturable). The fake implementations give the
-# same shapes/strides as the real ones without running anything.
+# Two registrations of the same op pair, picked by COMPILE_OP when torch.compile traces the model:
+# "triton_op" (cogdiff::cog_attn_fwd/bwd): Inductor traces into the bodies and launches the Triton
+# kernels from its generated code (no Python on the hot path); "custom_op"
+# (cogdiff::cog_attn_opaque_fwd/bwd): an opaque op whose Python body launches them. Both allocate
+# through torch and never sync, so both can be captured in CUDA graphs. The fake implementations
+# give the real outputs' shapes and strides without running anything.
+COMPILE_OPS = ("triton_op", "custom_op")
+COMPILE_OP = "triton_op"
 
 
-@triton_op("cogdiff::cog_attn_fwd", mutates_args=())
-def _cog_attn_fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    return cog_fwd(q, k, v, mask, scale, traced=True)
-
-
-@_cog_attn_fwd_op.register_fake
-def _(q, k, v, mask, scale):
+def _fwd_fake(q, k, v, mask, scale):
     b, h, lq, d = q.shape
     return _out_like(q, d), q.new_empty((b, h, lq), dtype=torch.float32)
 
 
-@triton_op("cogdiff::cog_attn_bwd", mutates_args=())
-def _cog_attn_bwd_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    scale: float,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cog_bwd(_last_dim_contiguous(do), q, k, v, o, lse, mask, scale, traced=True)
-
-
-@_cog_attn_bwd_op.register_fake
-def _(do, q, k, v, o, lse, mask, scale):
+def _bwd_fake(do, q, k, v, o, lse, mask, scale):
     return _grad_like(q), _grad_like(k), _grad_like(v)
 
 
@@ -263,13 +252,43 @@ def _setup_context(ctx, inputs, output):
     ctx.scale = scale
 
 
-def _op_backward(ctx, do, dlse):
-    q, k, v, o, lse, mask = ctx.saved_tensors
-    dq, dk, dv = _cog_attn_bwd_op(do, q, k, v, o, lse, mask, ctx.scale)
-    return dq, dk, dv, None, None
+def _define_ops(name: str, define, traced: bool):
+    """Register ``cogdiff::{name}_fwd`` / ``_bwd`` with ``define`` (triton_op or custom_op); returns the fwd op."""
+
+    @define(f"cogdiff::{name}_fwd", mutates_args=())
+    def fwd(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return cog_fwd(q, k, v, mask, scale, traced=traced)
+
+    @define(f"cogdiff::{name}_bwd", mutates_args=())
+    def bwd(
+        do: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        o: torch.Tensor,
+        lse: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        scale: float,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return cog_bwd(_last_dim_contiguous(do), q, k, v, o, lse, mask, scale, traced=traced)
+
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, mask = ctx.saved_tensors
+        dq, dk, dv = bwd(do, q, k, v, o, lse, mask, ctx.scale)
+        return dq, dk, dv, None, None
+
+    fwd.register_fake(_fwd_fake)
+    bwd.register_fake(_bwd_fake)
+    fwd.register_autograd(backward, setup_context=_setup_context)
+    return fwd
 
 
-_cog_attn_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
+_FWD_OPS = {
+    "triton_op": _define_ops("cog_attn", triton_op, traced=True),
+    "custom_op": _define_ops("cog_attn_opaque", torch.library.custom_op, traced=False),
+}
 
 
 # ------------------------------------------------------------------------------ public entry
@@ -285,7 +304,8 @@ def cog_attention_triton(
 ) -> torch.Tensor:
     """Fused Cog Attention (no support checks; see :func:`supports`). (B, H, L, D) tensors.
 
-    ``use_custom_op``: None = custom op only under ``torch.compile``; True/False forces a path.
+    ``use_custom_op``: None = the custom op (:data:`COMPILE_OP`) only under ``torch.compile``;
+    True/False forces a path.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if scale < 0:  # sign(scale * s) = sign((-q) . k): fold the sign into q, autograd does the rest
@@ -294,7 +314,7 @@ def cog_attention_triton(
     if use_custom_op is None:
         use_custom_op = torch.compiler.is_compiling()
     if use_custom_op:
-        return _cog_attn_fwd_op(q, k, v, attn_mask, scale)[0]
+        return _FWD_OPS[COMPILE_OP](q, k, v, attn_mask, scale)[0]
     return _CogAttnFn.apply(q, k, v, attn_mask, scale)
 
 

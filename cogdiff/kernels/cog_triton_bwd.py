@@ -79,6 +79,8 @@ def _cog_bwd_dq_kernel(
     """dq for one block of query rows; also writes DELTA = rowsum(dO * O) for the dk/dv kernel."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile may pass Python floats as fp64
+    scale = tl.cast(scale, tl.float32)
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_m * BLOCK_M
@@ -177,6 +179,8 @@ def _cog_bwd_dkdv_kernel(
     ATOMIC_DQ also adds ``scale * dS K`` into the float32 buffer DQACC."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile may pass Python floats as fp64
+    scale = tl.cast(scale, tl.float32)
     b = pid_bh // H
     h = pid_bh % H
     col0 = pid_n * BLOCK_N

@@ -143,6 +143,7 @@ def _cog_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile may pass Python floats as fp64
     b = pid_bh // H
     h = pid_bh % H
     row0 = pid_m * BLOCK_M
