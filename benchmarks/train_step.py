@@ -100,12 +100,13 @@ def table(rows: list) -> list:
     def ms_of(variant, mode):
         return next((x["ms"] for x in rows if x["variant"] == variant and x["mode"] == mode), None)
 
-    lines = ["| mode | variant | ms/step | images/s | peak GB | vs softmax | graphs / no graphs |", "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | variant | ms/step | images/s | peak GB | vs softmax | graphs / no graphs |", "|---" * 7 + "|"]
     for r in rows:
         base, plain = ms_of("softmax", r["mode"]), ms_of(r["variant"], "torch.compile")
         rel = f"{r['ms'] / base:.3f}x" if base else "-"
         rel_g = f"{r['ms'] / plain:.3f}x" if plain and r["mode"] == "compile+graphs" else "-"
-        lines.append(f"| {r['mode']} | {r['variant']} | {r['ms']:.2f} | {r['img_s']:.0f} | {r['peak_gb']:.2f} | {rel} | {rel_g} |")
+        lines.append(f"| {r['mode']} | {r['variant']} | {r['ms']:.2f} | {r['img_s']:.0f} | {r['peak_gb']:.2f} | {rel} "
+                     f"| {rel_g} |")
     return lines
 
 
@@ -138,7 +139,8 @@ def main():
             try:
                 r = measure(v, args.batch, mode)
             except Exception as e:  # report and go on with the other variants
-                print(f"{mode:14s} {v:14s} FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}", flush=True)
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                print(f"{mode:14s} {v:14s} FAILED: {type(e).__name__}: {first}", flush=True)
                 torch.cuda.empty_cache()
                 continue
             rows.append(r)
