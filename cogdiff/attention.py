@@ -12,7 +12,7 @@ GPU kernel plugs in with :func:`register_cog_impl` without import-time global sw
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,26 +23,38 @@ ATTENTION_TYPES = ("softmax", "cog")
 _COG_IMPLS: Dict[str, Callable] = {}
 # name -> predicate(q, k, v, attn_mask, dropout_p) -> bool : can "auto" use this impl here?
 _COG_AUTO: Dict[str, Callable] = {}
+# name -> the fn "auto" calls once the predicate said yes (skips fn's own checks); default fn.
+_COG_CHECKED: Dict[str, Callable] = {}
+_auto_order: Tuple[str, ...] = ()  # names "auto" tries, latest registration first
 
 
-def register_cog_impl(name: str, fn: Callable, supports: Optional[Callable] = None) -> None:
+def register_cog_impl(
+    name: str, fn: Callable, supports: Optional[Callable] = None, checked_fn: Optional[Callable] = None
+) -> None:
     """Register a Cog Attention implementation under ``name``.
 
     ``fn(q, k, v, attn_mask, dropout_p, scale)`` must return the same values as the reference.
     If ``supports(q, k, v, attn_mask, dropout_p)`` is given, ``impl="auto"`` picks this
-    implementation whenever it returns True (later registrations are tried first).
+    implementation whenever it returns True (later registrations are tried first), calling
+    ``checked_fn`` (same signature; default ``fn``), which may skip the checks ``supports`` made.
     """
+    global _auto_order
     _COG_IMPLS[name] = fn
     if supports is not None:
         _COG_AUTO[name] = supports
+        _COG_CHECKED[name] = checked_fn or fn
+    _auto_order = tuple(reversed(list(_COG_AUTO)))
 
 
 def unregister_cog_impl(name: str) -> None:
     """Remove a registered implementation (``"reference"`` cannot be removed)."""
+    global _auto_order
     if name == "reference":
         raise ValueError("the reference Cog implementation cannot be unregistered")
     _COG_IMPLS.pop(name, None)
     _COG_AUTO.pop(name, None)
+    _COG_CHECKED.pop(name, None)
+    _auto_order = tuple(reversed(list(_COG_AUTO)))
 
 
 def available_cog_impls() -> list:
@@ -69,24 +81,50 @@ def _load_optional_impls() -> None:
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    # Attribute comparisons only (no tensor ops, no syncs): cheap per call, free under torch.compile.
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"attention expects (batch, heads, tokens, head_dim) tensors, got q{tuple(q.shape)} "
             f"k{tuple(k.shape)} v{tuple(v.shape)}; reshape with .view(B, N, H, D).transpose(1, 2)"
+        )
+    if not (q.is_floating_point() and k.is_floating_point() and v.is_floating_point()):
+        raise TypeError(
+            f"attention needs floating-point q, k, v, got {q.dtype}/{k.dtype}/{v.dtype}; "
+            "cast them first, e.g. q.float() or q.to(torch.bfloat16)"
+        )
+    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+        raise ValueError(
+            f"q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} need the same (batch, heads) in dims 0 and 1; "
+            "repeat or expand k and v to q's batch and head count"
         )
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}: "
             "q and k need the same head_dim, k and v the same number of tokens"
         )
+    if k.shape[-2] == 0:
+        raise ValueError(f"k and v have 0 tokens (k{tuple(k.shape)}): attention needs at least one key token")
 
 
-def _check_mask(attn_mask: Optional[torch.Tensor]) -> None:
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
+def mask_fits(mask_shape, q_shape, k_shape) -> bool:
+    """Does a mask of ``mask_shape`` broadcast to (batch, heads, Lq, Lk)? (shape tuples only)."""
+    target = (q_shape[0], q_shape[1], q_shape[2], k_shape[2])
+    return len(mask_shape) <= 4 and all(m in (1, t) for m, t in zip(reversed(mask_shape), reversed(target)))
+
+
+def _check_mask(attn_mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, boolean: bool) -> None:
+    if attn_mask is None:
+        return
+    if boolean and attn_mask.dtype != torch.bool:
         raise TypeError(
             f"cog_attention takes boolean masks only (True = attend), got {attn_mask.dtype}; "
             "an additive float mask has no meaning for sign(s)*softmax(|s|) - pass mask.bool() "
             "or (additive_mask == 0)"
+        )
+    if not mask_fits(attn_mask.shape, q.shape, k.shape):
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (batch, heads, Lq, Lk) = "
+            f"{(*q.shape[:3], k.shape[2])}; use (B, 1, 1, Lk) for key padding or (B, H, Lq, Lk)"
         )
 
 
@@ -164,12 +202,12 @@ def cog_attention(
             ``"reference"`` or the name of a registered implementation.
     """
     _check_qkv(q, k, v)
-    _check_mask(attn_mask)
+    _check_mask(attn_mask, q, k, boolean=True)
     _load_optional_impls()
     if impl == "auto":
-        for name in reversed(list(_COG_AUTO)):
-            if name in _COG_IMPLS and _COG_AUTO[name](q, k, v, attn_mask, dropout_p):
-                return _COG_IMPLS[name](q, k, v, attn_mask, dropout_p, scale)
+        for name in _auto_order:
+            if _COG_AUTO[name](q, k, v, attn_mask, dropout_p):
+                return _COG_CHECKED[name](q, k, v, attn_mask, dropout_p, scale)
         impl = "reference"
     if impl not in _COG_IMPLS:
         raise ValueError(f"unknown Cog attention impl {impl!r}; choose one of {['auto', *available_cog_impls()]}")
@@ -187,6 +225,7 @@ def softmax_attention(
 ) -> torch.Tensor:
     """Softmax attention through ``F.scaled_dot_product_attention`` (same signature as Cog)."""
     _check_qkv(q, k, v)
+    _check_mask(attn_mask, q, k, boolean=False)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 

@@ -143,6 +143,45 @@ def test_weight_flips_sign_across_zero_score():
     torch.testing.assert_close(outs[0][..., 0].abs(), outs[1][..., 0].abs(), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("fn", [cog_attention, softmax_attention])
+@pytest.mark.parametrize(
+    "case,exc,match",
+    [
+        ("int64", TypeError, "floating-point"),
+        ("heads", ValueError, "same \\(batch, heads\\)"),
+        ("batch", ValueError, "same \\(batch, heads\\)"),
+        ("mask_shape", ValueError, "does not broadcast"),
+        ("mask_dims", ValueError, "does not broadcast"),
+        ("no_keys", ValueError, "0 tokens"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(fn, case, exc, match):
+    q, k, v = rand_qkv()  # (2, 3, 7, 16) queries, 9 keys
+    mask = None
+    if case == "int64":
+        q, k, v = (torch.randint(-3, 3, x.shape) for x in (q, k, v))
+    elif case == "heads":
+        k, v = k[:, :2], v[:, :2]
+    elif case == "batch":
+        k, v = k[:1], v[:1]
+    elif case == "mask_shape":
+        mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)  # 8 != 9 keys
+    elif case == "mask_dims":
+        mask = torch.ones(1, 2, 3, 7, 9, dtype=torch.bool)
+    else:
+        k, v = k[:, :, :0], v[:, :, :0]
+    with pytest.raises(exc, match=match) as err:
+        fn(q, k, v, attn_mask=mask)
+    assert "\n" not in str(err.value)
+
+
+def test_good_masks_still_accepted():
+    q, k, v = rand_qkv()
+    for shape in [(9,), (7, 9), (2, 1, 1, 9), (1, 3, 7, 1), (2, 3, 7, 9)]:
+        mask = torch.rand(shape) > 0.3
+        assert rel_err(cog_attention(q, k, v, attn_mask=mask), ref64(q, k, v, mask)) < 1e-5
+
+
 def test_dispatch_by_name_and_registry():
     q, k, v = rand_qkv()
     torch.testing.assert_close(attention(q, k, v, attention_type="cog"), cog_attention(q, k, v))

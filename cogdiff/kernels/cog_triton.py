@@ -8,59 +8,113 @@ fp16/bf16 inputs with head_dim <= 128, no dropout and an optional boolean mask (
 broadcasts to (B, H, Lq, Lk), key-padding masks included). Anything else falls back to the
 reference (with a one-time warning when ``impl="triton"`` was asked for explicitly).
 
-In eager mode the op runs through a ``torch.autograd.Function`` (least Python overhead); under
-``torch.compile`` it runs through the custom ops ``cogdiff::cog_attn_fwd`` /
-``cogdiff::cog_attn_bwd``, so graphs don't break on it.
+In eager mode the op runs through a ``torch.autograd.Function`` (launch plans cached per shape, no
+other Python work); under ``torch.compile`` through the ``torch.library.triton_op``s
+``cogdiff::cog_attn_fwd`` / ``cogdiff::cog_attn_bwd``, which Inductor traces into, launching the
+kernels from its generated code. Both paths allocate through torch, never sync or touch the CPU,
+so they can be captured in CUDA graphs (``torch.cuda.CUDAGraph``, ``mode="reduce-overhead"``).
 
-Block sizes live in :data:`CONFIGS` (tuned on an H200, see benchmarks/results/attention_h200.md).
+Block sizes and the backward scheme live in :data:`CONFIGS` / :data:`BWD_MODE`
+(:func:`set_configs`, :func:`load_configs`; tuned on an H200, see benchmarks/results/attention_h200.md).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
 import triton
+from torch.library import triton_op, wrap_triton
 
-from ..attention import cog_attention_reference, register_cog_impl
-from .cog_triton_kernels import _cog_bwd_delta_kernel, _cog_bwd_dkdv_kernel, _cog_bwd_dq_kernel, _cog_fwd_kernel
+from ..attention import cog_attention_reference, mask_fits, register_cog_impl
+from .cog_triton_bwd import _cog_bwd_delta_kernel, _cog_bwd_dkdv_kernel, _cog_bwd_dq_kernel
+from .cog_triton_kernels import _cog_fwd_kernel
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
+BUCKETS = (("short", 512), ("mid", 2048), ("long", None))  # name, longest sequence it covers (None = any)
 
-# (kernel, BLOCK_D, "short" | "long") -> (BLOCK_M, BLOCK_N, num_warps, num_stages); "long" when
-# the longer sequence exceeds 512 tokens. "fwd": query x key tile; "dq": query rows x key tile;
-# "dkdv": query tile x key rows.
-# Tuned on an H200 at D=64 (benchmarks/attention.py --tune; L=258 "short", 1026/4096 "long");
-# D=128 is untuned (same tiles, 8 warps in the backward).
-_DEFAULT = {
-    "fwd": {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 4, 3)},
-    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
-    "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 8, 2)},
+# (kernel, BLOCK_D, bucket) -> (BLOCK_M, BLOCK_N, num_warps, num_stages, tail). "fwd": query x key
+# tile; "dq": query rows x key tile; "dkdv": query tile x key rows. tail=True: a ragged length's last
+# tile is the remainder rounded up to a power of two >= 16 (else a masked full tile).
+# `python benchmarks/attention.py --sweep` times candidates per bucket and writes the winners as a
+# JSON file that load_configs() applies. The D=64 entries are the H200 sweep's winners (torch 2.11,
+# Triton 3.6; benchmarks/results/attention_h200.md); other head dims use the same tiles, untuned
+# (8 warps in the backward at D=128).
+_SHORT = {"fwd": (64, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (32, 64, 4, 2, True)}
+_MID = {"fwd": (128, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (64, 64, 4, 3, True)}
+_LONG = {"fwd": (64, 64, 4, 3, True), "dq": (64, 64, 4, 2, True), "dkdv": (64, 64, 4, 3, True)}
+_BY_BUCKET = {"short": _SHORT, "mid": _MID, "long": _LONG}
+
+
+def _default_config(kind: str, bd: int, bucket: str) -> Tuple[int, int, int, int, bool]:
+    bm, bn, warps, stages, tail = _BY_BUCKET[bucket][kind]
+    return bm, bn, 8 if bd == 128 and kind != "fwd" else warps, stages, tail
+
+
+CONFIGS: Dict[Tuple[str, int, str], Tuple[int, int, int, int, bool]] = {
+    (kind, bd, bucket): _default_config(kind, bd, bucket)
+    for kind in ("fwd", "dq", "dkdv") for bd in (16, 32, 64, 128) for bucket, _ in BUCKETS
 }
-CONFIGS: Dict[Tuple[str, int, str], Tuple[int, int, int, int]] = {
-    (kind, bd, bucket): cfg for kind, by_d in _DEFAULT.items() for bd, cfg in by_d.items() for bucket in ("short", "long")
-}
-CONFIGS[("dkdv", 64, "long")] = (64, 64, 4, 3)
+# bucket -> how dq is computed in the backward: "recompute" | "atomic" (see cog_triton_bwd.py).
+BWD_MODE: Dict[str, str] = {"short": "recompute", "mid": "atomic", "long": "recompute"}
+BWD_MODES = ("recompute", "atomic")
 
 
-# "short" | "long" -> how dq is computed in the backward (see cog_bwd).
-BWD_MODE: Dict[str, str] = {"short": "recompute", "long": "recompute"}
+def set_configs(configs: Optional[dict] = None, bwd_mode: Optional[dict] = None) -> None:
+    """Update :data:`CONFIGS` / :data:`BWD_MODE` (keys as there) and drop the cached launch plans."""
+    for key, cfg in (configs or {}).items():
+        if key not in CONFIGS or len(cfg) != 5:
+            raise ValueError(f"bad kernel config {key}: {cfg}; keys are (kind, BLOCK_D, bucket) of CONFIGS, "
+                             "values (BLOCK_M, BLOCK_N, num_warps, num_stages, tail)")
+        CONFIGS[key] = tuple(cfg)
+    for bucket, mode in (bwd_mode or {}).items():
+        if bucket not in BWD_MODE or mode not in BWD_MODES:
+            raise ValueError(f"bad backward mode {bucket}={mode!r}; buckets {list(BWD_MODE)}, modes {BWD_MODES}")
+        BWD_MODE[bucket] = mode
+    _plan.cache_clear()
 
 
-def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+def load_configs(path: str) -> None:
+    """Apply a sweep's winners: the JSON ``{"configs": {"kind/BLOCK_D/bucket": [...]}, "bwd_mode": {...}}``
+    written by ``benchmarks/attention.py --sweep``."""
+    with open(path) as f:
+        data = json.load(f)
+    configs = {}
+    for key, cfg in data.get("configs", {}).items():
+        kind, bd, bucket = key.split("/")
+        configs[(kind, int(bd), bucket)] = tuple(cfg)
+    set_configs(configs, data.get("bwd_mode"))
 
 
-def _bucket(lq: int, lk: int) -> str:
-    return "short" if max(lq, lk) <= 512 else "long"
+def config_key(kind: str, d: int, lq: int, lk: int) -> Tuple[str, int, str]:
+    longest = max(lq, lk)
+    bucket = next(name for name, top in BUCKETS if top is None or longest <= top)
+    return kind, max(16, triton.next_power_of_2(d)), bucket
 
 
-def _config(kind: str, d: int, lq: int, lk: int) -> Tuple[int, int, int, int]:
-    return CONFIGS[(kind, _block_d(d), _bucket(lq, lk))]
+def _tail(n: int, block: int, use_tail: bool) -> int:
+    rem = n % block
+    if rem == 0:
+        return 0
+    return min(block, max(16, triton.next_power_of_2(rem))) if use_tail else block
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(kind: str, d: int, lq: int, lk: int) -> Tuple[int, dict]:
+    """(programs along the blocked dimension, launch kwargs) for one kernel at one shape; cached."""
+    key = config_key(kind, d, lq, lk)
+    bm, bn, warps, stages, use_tail = CONFIGS[key]
+    kw = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=key[1], TAIL_M=_tail(lq, bm, use_tail), TAIL_N=_tail(lk, bn, use_tail),
+              EVEN_D=d == key[1], num_warps=warps, num_stages=stages)
+    if kind == "dkdv":
+        kw["ATOMIC_DQ"] = BWD_MODE[key[2]] == "atomic"
+    return triton.cdiv(lk if kind == "dkdv" else lq, bn if kind == "dkdv" else bm), kw
 
 
 def _mask_args(mask: Optional[torch.Tensor], b: int, h: int, lq: int, lk: int):
@@ -77,86 +131,74 @@ def _mask_args(mask: Optional[torch.Tensor], b: int, h: int, lq: int, lk: int):
 
 
 def _out_like(q: torch.Tensor, d: int) -> torch.Tensor:
-    # (B, L, H, D) memory viewed as (B, H, L, D): the usual "transpose(1, 2).reshape" after
-    # attention is then free.
+    # Contiguous q -> contiguous out; else (B, L, H, D) memory viewed as (B, H, L, D), so that the usual
+    # "transpose(1, 2).reshape" after attention is free.
     b, h, l, _ = q.shape
+    if q.is_contiguous():
+        return torch.empty((b, h, l, d), dtype=q.dtype, device=q.device)
     return torch.empty((b, l, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
-def _grad_like(x: torch.Tensor, dtype=None, zero: bool = False) -> torch.Tensor:
+def _grad_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
     # Same strides as a dense input (so AccumulateGrad on leaves needs no copy), else (B, L, H, D).
     dtype = x.dtype if dtype is None else dtype
     if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
-        return (torch.zeros_like if zero else torch.empty_like)(x, dtype=dtype)
+        return torch.empty_like(x, dtype=dtype)
     b, h, l, d = x.shape
-    return (torch.zeros if zero else torch.empty)((b, l, h, d), dtype=dtype, device=x.device).transpose(1, 2)
+    return torch.empty((b, l, h, d), dtype=dtype, device=x.device).transpose(1, 2)
 
 
-def _flags(lq: int, lk: int, d: int, bm: int, bn: int, bd: int, has_mask: bool) -> dict:
-    return dict(EVEN_M=lq % bm == 0, EVEN_N=lk % bn == 0, EVEN_D=d == bd, HAS_MASK=has_mask)
+def _launcher(kernel, traced: bool):
+    # Inside the triton_op (torch.compile) kernels go through wrap_triton so Inductor launches them
+    # itself; in eager mode the plain JIT launch is the cheaper one.
+    return wrap_triton(kernel) if traced else kernel
 
 
-def cog_fwd(q, k, v, mask: Optional[torch.Tensor], scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def cog_fwd(q, k, v, mask: Optional[torch.Tensor], scale: float, traced: bool = False):
     """Forward launcher: returns ``(out, lse2)``, lse2 = base-2 row log-sum-exp of |s| (float32)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    bd = _block_d(d)
-    bm, bn, warps, stages = _config("fwd", d, lq, lk)
+    n_m, kw = _plan("fwd", d, lq, lk)
     o = _out_like(q, d)
     lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     m, ms = _mask_args(mask, b, h, lq, lk)
-    grid = (triton.cdiv(lq, bm), b * h)
-    _cog_fwd_kernel[grid](
+    _launcher(_cog_fwd_kernel, traced)[(n_m, b * h)](
         q, k, v, o, lse, m if m is not None else q,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *ms,
-        h, lq, lk, d, abs(scale) * LOG2E,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
-        num_warps=warps, num_stages=stages,
+        h, lq, lk, d, abs(scale) * LOG2E, HAS_MASK=m is not None, **kw,
     )
     return o, lse
 
 
-def cog_bwd(do, q, k, v, o, lse, mask: Optional[torch.Tensor], scale: float):
-    """Backward launchers: returns ``(dq, dk, dv)``.
-
-    ``BWD_MODE["dq"] == "recompute"``: a dq kernel (which also writes rowsum(dO*O)) recomputes the
-    scores per query block, then the dk/dv kernel; ``"atomic"``: the dk/dv kernel also adds
-    ``dS K`` into a float32 buffer with atomics (after a small rowsum kernel).
-    """
+def cog_bwd(do, q, k, v, o, lse, mask: Optional[torch.Tensor], scale: float, traced: bool = False):
+    """Backward launchers: returns ``(dq, dk, dv)`` (the scheme per bucket: :data:`BWD_MODE`)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    bd = _block_d(d)
     dk, dv = _grad_like(k), _grad_like(v)
     delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     m, ms = _mask_args(mask, b, h, lq, lk)
     mp = m if m is not None else q
-    atomic = BWD_MODE[_bucket(lq, lk)] == "atomic"
-
-    if atomic:
-        dq_acc = _grad_like(q, torch.float32, zero=True)
-        _cog_bwd_delta_kernel[(triton.cdiv(lq, 64), b * h)](
-            o, do, delta, *o.stride(), *do.stride(), h, lq, d, BLOCK_M=64, BLOCK_D=bd, num_warps=4
+    n_n, kw = _plan("dkdv", d, lq, lk)
+    if kw["ATOMIC_DQ"]:
+        dq_acc = _grad_like(q, torch.float32)
+        _launcher(_cog_bwd_delta_kernel, traced)[(triton.cdiv(lq, 64), b * h)](
+            o, do, delta, dq_acc, *o.stride(), *do.stride(), *dq_acc.stride(), h, lq, d,
+            BLOCK_M=64, BLOCK_D=kw["BLOCK_D"], num_warps=4,
         )
     else:
-        dq = _grad_like(q)
-        dq_acc = dq  # unused by the dk/dv kernel
-        bm, bn, warps, stages = _config("dq", d, lq, lk)
-        _cog_bwd_dq_kernel[(triton.cdiv(lq, bm), b * h)](
+        dq = dq_acc = _grad_like(q)  # dq_acc: unused by the dk/dv kernel
+        n_m, kw_dq = _plan("dq", d, lq, lk)
+        _launcher(_cog_bwd_dq_kernel, traced)[(n_m, b * h)](
             q, k, v, o, do, dq, lse, delta, mp,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(), *ms,
-            h, lq, lk, d, abs(scale) * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
-            num_warps=warps, num_stages=stages,
+            h, lq, lk, d, abs(scale) * LOG2E, scale, HAS_MASK=m is not None, **kw_dq,
         )
-    bm, bn, warps, stages = _config("dkdv", d, lq, lk)
-    _cog_bwd_dkdv_kernel[(triton.cdiv(lk, bn), b * h)](
+    _launcher(_cog_bwd_dkdv_kernel, traced)[(n_n, b * h)](
         q, k, v, do, dk, dv, dq_acc, lse, delta, mp,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *dq_acc.stride(), *ms,
-        h, lq, lk, d, abs(scale) * LOG2E, scale,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **_flags(lq, lk, d, bm, bn, bd, m is not None),
-        ATOMIC_DQ=atomic, num_warps=warps, num_stages=stages,
+        h, lq, lk, d, abs(scale) * LOG2E, scale, HAS_MASK=m is not None, **kw,
     )
-    if atomic:
+    if kw["ATOMIC_DQ"]:
         dq = dq_acc.to(q.dtype)
     return dq, dk, dv
 
@@ -184,37 +226,22 @@ class _CogAttnFn(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------- custom ops (torch.compile)
+# Two registrations of the same op pair, picked by COMPILE_OP when torch.compile traces the model:
+# "triton_op" (cogdiff::cog_attn_fwd/bwd): Inductor traces into the bodies and launches the Triton
+# kernels from its generated code (no Python on the hot path); "custom_op"
+# (cogdiff::cog_attn_opaque_fwd/bwd): an opaque op whose Python body launches them. Both allocate
+# through torch and never sync, so both can be captured in CUDA graphs. The fake implementations
+# give the real outputs' shapes and strides without running anything.
+COMPILE_OPS = ("triton_op", "custom_op")
+COMPILE_OP = "triton_op"
 
 
-@torch.library.custom_op("cogdiff::cog_attn_fwd", mutates_args=())
-def _cog_attn_fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    return cog_fwd(q, k, v, mask, scale)
-
-
-@_cog_attn_fwd_op.register_fake
-def _(q, k, v, mask, scale):
+def _fwd_fake(q, k, v, mask, scale):
     b, h, lq, d = q.shape
     return _out_like(q, d), q.new_empty((b, h, lq), dtype=torch.float32)
 
 
-@torch.library.custom_op("cogdiff::cog_attn_bwd", mutates_args=())
-def _cog_attn_bwd_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    scale: float,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cog_bwd(_last_dim_contiguous(do), q, k, v, o, lse, mask, scale)
-
-
-@_cog_attn_bwd_op.register_fake
-def _(do, q, k, v, o, lse, mask, scale):
+def _bwd_fake(do, q, k, v, o, lse, mask, scale):
     return _grad_like(q), _grad_like(k), _grad_like(v)
 
 
@@ -225,13 +252,43 @@ def _setup_context(ctx, inputs, output):
     ctx.scale = scale
 
 
-def _op_backward(ctx, do, dlse):
-    q, k, v, o, lse, mask = ctx.saved_tensors
-    dq, dk, dv = _cog_attn_bwd_op(do, q, k, v, o, lse, mask, ctx.scale)
-    return dq, dk, dv, None, None
+def _define_ops(name: str, define, traced: bool):
+    """Register ``cogdiff::{name}_fwd`` / ``_bwd`` with ``define`` (triton_op or custom_op); returns the fwd op."""
+
+    @define(f"cogdiff::{name}_fwd", mutates_args=())
+    def fwd(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return cog_fwd(q, k, v, mask, scale, traced=traced)
+
+    @define(f"cogdiff::{name}_bwd", mutates_args=())
+    def bwd(
+        do: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        o: torch.Tensor,
+        lse: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        scale: float,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return cog_bwd(_last_dim_contiguous(do), q, k, v, o, lse, mask, scale, traced=traced)
+
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, mask = ctx.saved_tensors
+        dq, dk, dv = bwd(do, q, k, v, o, lse, mask, ctx.scale)
+        return dq, dk, dv, None, None
+
+    fwd.register_fake(_fwd_fake)
+    bwd.register_fake(_bwd_fake)
+    fwd.register_autograd(backward, setup_context=_setup_context)
+    return fwd
 
 
-_cog_attn_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
+_FWD_OPS = {
+    "triton_op": _define_ops("cog_attn", triton_op, traced=True),
+    "custom_op": _define_ops("cog_attn_opaque", torch.library.custom_op, traced=False),
+}
 
 
 # ------------------------------------------------------------------------------ public entry
@@ -247,7 +304,8 @@ def cog_attention_triton(
 ) -> torch.Tensor:
     """Fused Cog Attention (no support checks; see :func:`supports`). (B, H, L, D) tensors.
 
-    ``use_custom_op``: None = custom op only under ``torch.compile``; True/False forces a path.
+    ``use_custom_op``: None = the custom op (:data:`COMPILE_OP`) only under ``torch.compile``;
+    True/False forces a path.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if scale < 0:  # sign(scale * s) = sign((-q) . k): fold the sign into q, autograd does the rest
@@ -256,32 +314,28 @@ def cog_attention_triton(
     if use_custom_op is None:
         use_custom_op = torch.compiler.is_compiling()
     if use_custom_op:
-        return _cog_attn_fwd_op(q, k, v, attn_mask, scale)[0]
+        return _FWD_OPS[COMPILE_OP](q, k, v, attn_mask, scale)[0]
     return _CogAttnFn.apply(q, k, v, attn_mask, scale)
 
 
 def _why_unsupported(q, k, v, attn_mask, dropout_p, scale=None) -> Optional[str]:
+    # Attribute and shape comparisons only: this runs per eager call (traced once under torch.compile).
     if not (q.is_cuda and k.is_cuda and v.is_cuda):
         return "tensors are not on a CUDA device"
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtypes {q.dtype}/{k.dtype}/{v.dtype} (needs one of float16/bfloat16 for all three)"
-    if q.dim() != 4 or k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
-        return "q, k, v need equal (batch, heads)"
-    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] <= MAX_HEAD_DIM):
-        return f"head_dim must match across q/k/v and be <= {MAX_HEAD_DIM}"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
+        return "q, k, v need 4 dims and equal (batch, heads)"
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1] <= MAX_HEAD_DIM) or k.shape[2] != v.shape[2]:
+        return f"head_dim must match across q/k/v and be <= {MAX_HEAD_DIM}; k, v equal tokens"
     if q.shape[0] * q.shape[1] > 65535 or min(q.shape[2], k.shape[2]) == 0:
         return "batch*heads > 65535 or empty sequence"
     if max(q.numel(), k.numel(), v.numel()) >= 2**31:
         return "tensors with >= 2**31 elements (32-bit offsets)"
     if dropout_p > 0.0:
         return "dropout_p > 0"
-    if attn_mask is not None:
-        if attn_mask.dtype != torch.bool or attn_mask.dim() > 4:
-            return "mask must be boolean with <= 4 dims"
-        try:
-            torch.broadcast_shapes(attn_mask.shape, (*q.shape[:3], k.shape[2]))
-        except RuntimeError:
-            return "mask does not broadcast to (B, H, Lq, Lk)"
+    if attn_mask is not None and (attn_mask.dtype != torch.bool or not mask_fits(attn_mask.shape, q.shape, k.shape)):
+        return "mask must be boolean and broadcast to (B, H, Lq, Lk)"
     if scale is not None and scale == 0:
         return "scale == 0"
     return None
@@ -296,6 +350,7 @@ _warned = set()
 
 
 def _triton_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    """``impl="triton"``: the fused kernel, or the reference (warned once per reason) where unsupported."""
     why = _why_unsupported(q, k, v, attn_mask, dropout_p, scale)
     if why is not None:
         if why not in _warned:
@@ -305,4 +360,11 @@ def _triton_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
     return cog_attention_triton(q, k, v, attn_mask, scale)
 
 
-register_cog_impl("triton", _triton_impl, supports)
+def _auto_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    # impl="auto" after supports() said yes; only scale == 0 (not seen by supports) is left to check.
+    if scale is not None and scale == 0:
+        return cog_attention_reference(q, k, v, attn_mask, dropout_p, scale)
+    return cog_attention_triton(q, k, v, attn_mask, scale)
+
+
+register_cog_impl("triton", _triton_impl, supports, checked_fn=_auto_impl)
