@@ -117,7 +117,8 @@ def reference_block_stats(model, probe):
         p = w.abs()  # softmax(|s|) for Cog heads, softmax(s) for softmax heads
         entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean().item()
         rows.append(dict(entropy=entropy, neg_share=(w < 0).float().mean().item(),
-                         out_rms=outs[i].square().mean().sqrt().item(), qkv_weight_norm=blk.attn.qkv.weight.norm().item()))
+                         out_rms=outs[i].square().mean().sqrt().item(),
+                         qkv_weight_norm=blk.attn.qkv.weight.norm().item()))
     return rows
 
 

@@ -73,7 +73,8 @@ def make_probe(x0: torch.Tensor, labels: Optional[torch.Tensor], noise_scheduler
     ``DDPMScheduler``. Use a batch size that is a multiple of ``bins`` (e.g. 60 or 80) for equal shares."""
     num_t = int(noise_scheduler.config.num_train_timesteps)
     if x0.dim() != 4 or x0.shape[0] < bins:
-        raise ValueError(f"make_probe needs a (batch, C, H, W) batch of at least bins={bins} images, got {tuple(x0.shape)}")
+        raise ValueError(f"make_probe needs a (batch, C, H, W) batch of at least bins={bins} images, "
+                         f"got {tuple(x0.shape)}")
     if not 1 <= bins <= num_t:
         raise ValueError(f"bins must be between 1 and num_train_timesteps={num_t}, got {bins}")
     if labels is not None and labels.shape != (x0.shape[0],):
@@ -170,7 +171,8 @@ def diagnostics_row(step: int, model, ema_model, probe: Probe) -> Dict:
     """One ``diagnostics.jsonl`` line: ``step``, ``loss_by_t`` (raw weights), ``loss_by_t_ema`` (when ``ema_model``
     is given, e.g. ``ema.model``) and ``blocks`` (:func:`block_stats` of the raw weights). Two forward passes."""
     pred, blocks = _predict_with_stats(model, probe)
-    row = {"step": int(step), "loss_by_t": binned_mse(pred, probe.target, probe.t, probe.bins, probe.num_train_timesteps)}
+    loss = binned_mse(pred, probe.target, probe.t, probe.bins, probe.num_train_timesteps)
+    row = {"step": int(step), "loss_by_t": loss}
     if ema_model is not None:
         row["loss_by_t_ema"] = loss_by_t(ema_model, probe)
     row["blocks"] = blocks
