@@ -174,7 +174,8 @@ def test_named_softmax_placements(name, expect):
 
 
 def test_unknown_placement_lists_the_names():
-    with pytest.raises(ValueError, match="unknown softmax_layers 'first_lst'.*first_last, first2_last2, .*'first_last\\+mid'"):
+    names = "unknown softmax_layers 'first_lst'.*first_last, first2_last2, .*'first_last\\+mid'"
+    with pytest.raises(ValueError, match=names):
         tiny(attention_type="cog", softmax_layers="first_lst")
     with pytest.raises(ValueError, match="block indices"):
         tiny(attention_type="cog", softmax_layers=[0.5])
@@ -191,7 +192,8 @@ def manual_attention(attn, x, norm=None, n_cog=None):
         q, k = norm(q, attn.norm_q), norm(k, attn.norm_k)
     s = q @ k.transpose(-2, -1) / (d // h) ** 0.5
     n_cog = attn.num_cog_heads if n_cog is None else n_cog
-    w = torch.cat([torch.sign(s[:, :n_cog]) * torch.softmax(s[:, :n_cog].abs(), -1), torch.softmax(s[:, n_cog:], -1)], 1)
+    cog = torch.sign(s[:, :n_cog]) * torch.softmax(s[:, :n_cog].abs(), -1)
+    w = torch.cat([cog, torch.softmax(s[:, n_cog:], -1)], 1)
     return attn.proj((w @ v).transpose(1, 2).reshape(b, n, d))
 
 

@@ -137,9 +137,9 @@ def attention_stats(attn, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor) -
     c = attn.num_cog_heads
     s = torch.matmul(q.float(), k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
     a = s.abs()
-    logits = torch.cat([a[:, :c], s[:, c:]], dim=1)  # softmax(|s|) for Cog heads, softmax(s) for softmax heads
-    logp = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1).mean()
+    # the probabilities each head's softmax takes: softmax(|s|) for Cog heads, softmax(s) for softmax heads
+    parts = [z for z in (a[:, :c], s[:, c:]) if z.shape[1]]
+    entropy = sum(torch.special.entr(torch.softmax(z, dim=-1)).sum() for z in parts) / s[..., 0].numel()
     neg_share = (s[:, :c] < 0).sum() / s.numel()
     out_rms = out.float().square().mean().sqrt()
     return torch.stack([a.amax(), a.mean(), entropy, neg_share.float(), out_rms, attn.qkv.weight.float().norm()])

@@ -77,11 +77,12 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
         return
     if labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"class_labels must be integers in [0, {num_classes}], got a {labels.dtype} tensor")
-    lo, hi = labels.min().item(), labels.max().item()
-    if lo < 0 or hi > num_classes or (labels.is_floating_point() and not torch.equal(labels, labels.round())):
-        bad = labels[(labels < 0) | (labels > num_classes) | (labels != labels.round())][:5].tolist()
+    bad = (labels < 0) | (labels > num_classes)
+    if labels.is_floating_point():
+        bad |= labels != labels.round()  # also NaN
+    if bad.any().item():  # one host sync
         raise ValueError(f"class_labels must be whole numbers in [0, {num_classes}] ({num_classes} = the null label "
-                         f"for guidance), got {bad}")
+                         f"for guidance), got {labels[bad][:5].tolist()}")
 
 
 def check_model_args(args: Dict[str, Any]) -> None:
@@ -98,7 +99,8 @@ def check_model_args(args: Dict[str, Any]) -> None:
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
         raise ValueError(f"num_classes must be a positive integer or None (unconditional), got {nc!r}")
     if not isinstance(args["mlp_ratio"], (int, float)) or int(args["embed_dim"] * args["mlp_ratio"]) < 1:
-        raise ValueError(f"mlp_ratio must be positive (hidden width embed_dim * mlp_ratio >= 1), got {args['mlp_ratio']!r}")
+        raise ValueError(f"mlp_ratio must be positive (hidden width embed_dim * mlp_ratio >= 1), "
+                         f"got {args['mlp_ratio']!r}")
     if not isinstance(args["timestep_scale"], (int, float)) or not math.isfinite(args["timestep_scale"]):
         raise ValueError(f"timestep_scale must be a finite number, got {args['timestep_scale']!r}")
     if args["attention_type"] not in ATTENTION_TYPES:

@@ -20,9 +20,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from ..attention import ATTENTION_TYPES, available_cog_impls, cog_attention, cog_weights, softmax_attention, softmax_weights
-from .options import QK_NORMS, check_labels, check_model_args, num_blocks, num_cog_heads, resolve_softmax_layers
-
+from ..attention import (
+    ATTENTION_TYPES,
+    available_cog_impls,
+    cog_attention,
+    cog_weights,
+    softmax_attention,
+    softmax_weights,
+)
+from .options import QK_NORMS, check_labels, check_model_args, num_cog_heads, resolve_softmax_layers
 
 # ----------------------------------------------------------------------------------- helpers
 
