@@ -399,9 +399,9 @@ class Hooks:
                                    bf16=cfg.train.mixed_precision == "bf16")
         result = self.t.fid.score_images(batches, gather=acc.num_processes > 1)
         if self.t.is_main:
-            keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
+            keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "color")
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
-                          "scheduler": s.scheduler, "ema": True})
+                          "scheduler": s.scheduler, "ema": True, "color_ref": getattr(self.t.fid.ref, "color", None)})
 
     def finish(self) -> None:
         """Export the final pipeline (EMA weights + raw variant) and close the logs."""
