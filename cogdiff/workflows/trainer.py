@@ -396,7 +396,7 @@ class Hooks:
         cfg, s, acc = self.t.cfg, self.t.cfg.sample, self.t.accelerator
         batches = pipeline_batches(self.pipeline, cfg.train.fid_num_images, s.batch_size, s.num_inference_steps, s.seed,
                                    rank=acc.process_index, world=acc.num_processes, guidance_scale=s.guidance_scale,
-                                   bf16=cfg.train.mixed_precision == "bf16")
+                                   bf16=cfg.train.mixed_precision == "bf16", cuda_graphs=self.t.graphs)
         result = self.t.fid.score_images(batches, gather=acc.num_processes > 1)
         if self.t.is_main:
             keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "color")
