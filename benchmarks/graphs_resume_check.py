@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 def train(args, out: str, steps: int, graphs: bool, *extra: str) -> None:
     config = f"configs/cifar10_uvit_s2_{args.attention}.yaml"
-    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", config, f"data.path={args.data}", f"train.steps={steps}", "train.compile=true",
+    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", config, f"data.path={args.data}",
+           f"train.steps={steps}", "train.compile=true",
            f"train.cuda_graphs={'true' if graphs else 'false'}", "train.log_every=20", "train.sample_every=0",
            "train.fid_every=0", "train.diag_every=0", f"train.checkpoint_every={args.steps}", "train.keep_last=0",
            f"train.output_dir={out}", *extra]
