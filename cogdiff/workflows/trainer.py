@@ -399,9 +399,11 @@ class Hooks:
                                    bf16=cfg.train.mixed_precision == "bf16", cuda_graphs=self.t.graphs)
         result = self.t.fid.score_images(batches, gather=acc.num_processes > 1)
         if self.t.is_main:
-            keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images", "color")
+            keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
+            ref = getattr(self.t.fid, "ref", None)
+            color = {"color": result.get("color"), "color_ref": getattr(ref, "color", None)}
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
-                          "scheduler": s.scheduler, "ema": True, "color_ref": getattr(self.t.fid.ref, "color", None)})
+                          "scheduler": s.scheduler, "ema": True, **{k: v for k, v in color.items() if v is not None}})
 
     def finish(self) -> None:
         """Export the final pipeline (EMA weights + raw variant) and close the logs."""
