@@ -19,7 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -73,6 +73,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False  # torch.compile the model (inductor)
+    cuda_graphs: Union[bool, str] = "auto"  # auto (on when compiling on CUDA) | true | false: compile with mode="reduce-overhead"
     gradient_checkpointing: bool = False
     cog_impl: str = "auto"  # Cog attention implementation in training: auto | reference | a registered kernel (triton)
     seed: int = 0
@@ -84,6 +85,8 @@ class TrainConfig:
     log_every: int = 100
     sample_every: int = 5000  # EMA sample grid; 0 = only at the end
     fid_every: int = 0  # 0 = no FID during training
+    diag_every: int = 0  # diagnostics.jsonl on a fixed probe batch every N steps; 0 = off
+    diag_probe_size: int = 64  # probe images (from the training data, drawn by their own generator)
     fid_num_images: int = 10_000
     fid_ref: Optional[str] = None  # reference statistics file for cogdiff.metrics.FIDEvaluator
     fid_weights: Optional[str] = None  # Inception weights (None = the evaluator's default lookup)
@@ -115,6 +118,7 @@ CHOICES = {
     ("diffusion", "beta_schedule"): BETA_SCHEDULES,
     ("diffusion", "prediction_type"): PREDICTION_TYPES,
     ("train", "mixed_precision"): MIXED_PRECISION,
+    ("train", "cuda_graphs"): ("auto", "true", "false"),
     ("sample", "scheduler"): SAMPLE_SCHEDULER_NAMES,
 }
 
@@ -169,6 +173,8 @@ class Config:
         value = _convert(value, hints[key], dotted, from_string)
         if (section, key) == ("sample", "scheduler"):
             value = SCHEDULER_ALIASES.get(value, value)
+        if (section, key) == ("train", "cuda_graphs"):
+            value = str(value).lower()  # YAML true/false -> "true"/"false"
         choices = CHOICES.get((section, key))
         if choices is not None and value not in choices:
             raise ConfigError(f"{dotted} must be one of {', '.join(choices)}; got {value!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import weakref
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import diffusers
@@ -109,9 +110,57 @@ def bf16_autocast(pipeline, enabled: bool):
         handle.remove()
 
 
+_GRAPHED = weakref.WeakKeyDictionary()  # denoiser -> its forward compiled with CUDA graphs (compiled once)
+
+
+def use_cuda_graphs(choice, device) -> bool:
+    """``cuda_graphs`` of the sampling functions: ``"auto"`` = on CUDA devices; True/"true" on a non-CUDA device
+    falls back to eager (graphs need CUDA); False/"false" = off."""
+    choice = str(choice).lower()
+    if choice not in ("auto", "true", "false"):
+        raise ValueError(f"cuda_graphs must be auto, true or false, got {choice!r}")
+    return choice != "false" and torch.device(device).type == "cuda"
+
+
+@contextlib.contextmanager
+def graphed_denoiser(pipeline, enabled: bool):
+    """Run ``pipeline.transformer``'s forward compiled with ``mode="reduce-overhead"`` (CUDA graphs). Each call
+    starts a new graph step and its output is copied out of the graph's memory pool, so multistep samplers
+    can keep earlier outputs. Fixed shapes: callers pad the last batch (``sample_batch(pad_to=...)``)."""
+    if not enabled:
+        yield
+        return
+    model = pipeline.transformer
+    if model not in _GRAPHED:
+        _GRAPHED[model] = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+    compiled = _GRAPHED[model]
+
+    def forward(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        if hasattr(out, "sample"):
+            out.sample = out.sample.clone()
+            return out
+        return (out[0].clone(), *out[1:])
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        del model.forward  # back to the class's eager forward
+
+
 def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, seed: int = 0, guidance_scale: float = 1.0,
-                 bf16: bool = False, class_label: Optional[int] = None) -> np.ndarray:
-    """Images ``indices`` of the run ``seed`` as uint8 NHWC (see the module docstring)."""
+                 bf16: bool = False, class_label: Optional[int] = None, cuda_graphs="false",
+                 pad_to: Optional[int] = None) -> np.ndarray:
+    """Images ``indices`` of the run ``seed`` as uint8 NHWC (see the module docstring). ``cuda_graphs``: see
+    :func:`use_cuda_graphs`; under graphs a batch shorter than ``pad_to`` is padded with the following images
+    (sampled, then dropped) so that every call has the same shape."""
+    graphs = use_cuda_graphs(cuda_graphs, pipeline._execution_device)
+    n = len(indices)
+    indices = list(indices)
+    if graphs and pad_to is not None and n < pad_to:
+        indices += list(range(indices[-1] + 1, indices[-1] + 1 + pad_to - n))
     generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
     num_classes = pipeline.transformer.config.num_classes
     labels = None
@@ -119,10 +168,10 @@ def sample_batch(pipeline, indices: Sequence[int], num_inference_steps: int, see
         labels = [class_label] * len(indices) if class_label is not None else image_labels(num_classes, seed, indices)
     elif class_label is not None:
         raise ValueError("--class-label given but the model is unconditional")
-    with bf16_autocast(pipeline, bf16):
+    with bf16_autocast(pipeline, bf16), graphed_denoiser(pipeline, graphs):
         images = pipeline(batch_size=len(indices), num_inference_steps=num_inference_steps, generator=generators,
                           class_labels=labels, guidance_scale=guidance_scale, output_type="pt").images
-    return to_uint8(images)
+    return to_uint8(images)[:n]
 
 
 # ------------------------------------------------------------------------------ resumable runs
@@ -162,7 +211,7 @@ def write_settings(out_dir: str, settings: dict) -> str:
 def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
                   guidance_scale: float = 1.0, bf16: bool = False, class_label: Optional[int] = None, png: bool = False,
                   rank: int = 0, world: int = 1, settings: Optional[dict] = None, progress: bool = True,
-                  barrier: Optional[Callable[[], None]] = None) -> List[str]:
+                  barrier: Optional[Callable[[], None]] = None, cuda_graphs="auto") -> List[str]:
     """Sample this process's batches into ``out_dir/parts/`` (one atomic .npz per batch; finished parts
     are skipped, so a rerun resumes) and, with ``png``, ``out_dir/png/{index:06d}.png``. Returns the part paths.
 
@@ -187,7 +236,8 @@ def sample_to_dir(pipeline, out_dir: str, num_images: int, batch_size: int, num_
         path = part_path(out_dir, start, end)
         if not os.path.isfile(path):
             images = sample_batch(
-                pipeline, range(start, end), num_inference_steps, seed, guidance_scale, bf16, class_label
+                pipeline, range(start, end), num_inference_steps, seed, guidance_scale, bf16, class_label,
+                cuda_graphs=cuda_graphs, pad_to=batch_size,
             )
             if png:
                 for i, image in zip(range(start, end), images):
@@ -212,9 +262,10 @@ def merge_parts(out_dir: str, num_images: int, batch_size: int, name: str = "ima
 
 
 def pipeline_batches(pipeline, num_images: int, batch_size: int, num_inference_steps: int, seed: int = 0,
-                     rank: int = 0, world: int = 1, **kwargs) -> Iterator[np.ndarray]:
+                     rank: int = 0, world: int = 1, cuda_graphs="auto", **kwargs) -> Iterator[np.ndarray]:
     """This process's uint8 NHWC batches of the run ``seed``, sampled in memory (e.g. to feed the metrics:
     ``FIDEvaluator.score_images(pipeline_batches(...), gather=world > 1)``)."""
     pipeline.set_progress_bar_config(disable=True)
     for start, end in batch_ranges(num_images, batch_size, rank, world):
-        yield sample_batch(pipeline, range(start, end), num_inference_steps, seed, **kwargs)
+        yield sample_batch(pipeline, range(start, end), num_inference_steps, seed, cuda_graphs=cuda_graphs,
+                           pad_to=batch_size, **kwargs)

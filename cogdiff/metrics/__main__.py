@@ -93,6 +93,7 @@ def _run(args) -> None:
     out.update(
         ref_stats=args.ref,
         ref_fingerprint=ev.ref.fingerprint,
+        color_ref=ev.ref.color,
         extractor_id=ev.extractor.extractor_id,
         source=args.source,
     )

@@ -84,6 +84,32 @@ class ColorStats:
         self.num_images += x.shape[0]
         return self
 
+    def summary(self) -> np.ndarray:
+        """This accumulator as one float64 row (num_images, num_pixels, saturation_sum, mean[3], m2[3]), e.g. to
+        gather across processes; an empty accumulator gives a row of zeros."""
+        mean = self.mean if self.mean is not None else np.zeros(3)
+        m2 = self.m2 if self.m2 is not None else np.zeros(3)
+        return np.concatenate([[self.num_images, self.num_pixels, self.saturation_sum],
+                               np.resize(mean, 3), np.resize(m2, 3)]).astype(np.float64)
+
+    def merge(self, row: np.ndarray) -> "ColorStats":
+        """Add another accumulator's :meth:`summary` (3-channel images); returns self."""
+        n_img, n, sat = int(row[0]), int(row[1]), float(row[2])
+        if n == 0:
+            return self
+        mean, m2 = np.asarray(row[3:6], np.float64), np.asarray(row[6:9], np.float64)
+        if self.mean is None:
+            self.mean, self.m2 = mean, m2
+        else:
+            total = self.num_pixels + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * n / total
+            self.m2 = self.m2 + m2 + delta**2 * self.num_pixels * n / total
+        self.num_pixels += n
+        self.num_images += n_img
+        self.saturation_sum += sat
+        return self
+
     def result(self) -> Dict[str, Union[int, float, List[float]]]:
         """``{"num_images", "channel_mean": [C floats], "channel_std": [C floats], "saturation_mean"}``."""
         if self.mean is None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from .color import ColorStats
 from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
 from .stats import UNKNOWN, RefStats, frechet_distance, progress_images, psd_sqrt
 
@@ -218,11 +219,12 @@ class FIDEvaluator:
             total = len(images)
             step = self.inception_batch_size
             images = (images[i : i + step] for i in range(0, len(images), step))
-        feats, logits, t_source, t_incep = [], [], 0.0, 0.0
+        feats, logits, t_source, t_incep, color = [], [], 0.0, 0.0, ColorStats()
         t = time.perf_counter()
         for batch in progress_images(images, "Inception features", total, progress):
             t_source += time.perf_counter() - t
             t = time.perf_counter()
+            color.update(batch)
             f, lg = self.features(batch)
             self._sync()
             feats.append(f)
@@ -236,7 +238,12 @@ class FIDEvaluator:
         if gather:  # a process may own no batch (fewer batches than processes): it still joins the gather
             feats = gather_rows(feats)
             logits = gather_rows(logits) if logits is not None else None
+            rows = gather_rows(torch.as_tensor(color.summary()[None], device=self.device)).cpu().numpy()
+            color = ColorStats()
+            for row in rows:
+                color.merge(row)
         t = time.perf_counter()
         out = self.score_features(feats, logits)
+        out["color"] = color.result() if color.num_images else None  # the scored images' colours (0-255)
         self.last_timings = {"source_s": t_source, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}
         return out

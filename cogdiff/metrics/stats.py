@@ -14,6 +14,7 @@ File keys (``np.load(allow_pickle=False)`` reads them; ``mu``/``sigma`` are also
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_savez
+from .color import ColorStats
 
 FORMAT_VERSION = 1
 DEFAULT_KID_FEATURES = 10_000
@@ -102,6 +104,7 @@ class RefStats:
     extractor_id: str
     kid_features: Optional[np.ndarray] = None
     source: str = ""
+    color: Optional[dict] = None  # ColorStats.result() of the real images (None in files written before it)
 
     def save(self, path: str) -> str:
         """Write atomically (temporary file in the same folder, then rename)."""
@@ -117,6 +120,8 @@ class RefStats:
             source=np.str_(self.source),
             format_version=np.int64(FORMAT_VERSION),
         )
+        if self.color is not None:
+            arrays["color"] = np.str_(json.dumps(self.color))
         if self.kid_features is not None:
             arrays["kid_features"] = self.kid_features.astype(np.float16)
         atomic_savez(path, **arrays)
@@ -142,6 +147,7 @@ class RefStats:
                 mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), count=int(get("count", 0)),
                 fingerprint=str(get("fingerprint", UNKNOWN)), extractor_id=str(get("extractor_id", UNKNOWN)),
                 kid_features=z["kid_features"] if "kid_features" in z else None, source=str(get("source", "")),
+                color=json.loads(str(z["color"])) if "color" in z else None,
             )
         if stats.mu.ndim != 1 or stats.sigma.shape != (len(stats.mu), len(stats.mu)):
             raise ValueError(f"{path}: mu {stats.mu.shape} and sigma {stats.sigma.shape} do not fit together")
@@ -208,12 +214,15 @@ def compute_ref_stats(
     total: Optional[int] = None,
 ) -> RefStats:
     """Reference statistics of uint8 NHWC batches through ``extractor`` (an :class:`InceptionFeatures`)."""
-    fp, acc = Fingerprint(), FeatureAccumulator()
+    fp, acc, color = Fingerprint(), FeatureAccumulator(), ColorStats()
     for batch in progress_images(batches, "reference features", total, progress):
         fp.update(batch)
+        color.update(batch)
         feats, _ = extractor(batch)
         acc.update(feats)
-    return acc.finish(fp.hexdigest(), extractor.extractor_id, source, max_kid_features)
+    stats = acc.finish(fp.hexdigest(), extractor.extractor_id, source, max_kid_features)
+    stats.color = color.result()
+    return stats
 
 
 def ensure_ref_stats(

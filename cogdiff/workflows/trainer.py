@@ -20,11 +20,12 @@ import time
 from typing import Any, Optional
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from .. import metrics
+from ..analysis.diagnostics import diagnostics_row, make_probe
 from ..config import Config, ConfigError
 from ..data import build_dataset
 from ..models import UViTModel, uvit_config
@@ -49,8 +50,10 @@ from ..training import (
     write_pipeline,
 )
 from ..training.checkpoint import TRAINING_STATE, clean_stale, restore_rng
+from ..training.graphs import compile_for_graphs, mark_step_begin, resolve_cuda_graphs
 
 STEP_STREAM = 2  # seed stream of the per-micro-batch generators (timesteps, noise, flips, label dropout)
+DIAG_STREAM = 3  # seed stream of the diagnostics probe (its images, flips, noise and timesteps)
 # Settings besides model.* and diffusion.* that fix which examples, flips and noise each step uses: a resumed
 # run that changes one of them is no longer the run it continues (refused unless train.resume_force=true).
 RESUME_EXACT_KEYS = (("data", ("kind", "path", "split", "resolution", "limit", "random_flip")),
@@ -160,6 +163,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     lr_schedule: Any
     start: int = 0
+    graphs: bool = False  # the model runs under CUDA graphs (torch.compile mode="reduce-overhead")
 
     device = property(lambda self: self.accelerator.device)
     rank = property(lambda self: self.accelerator.process_index)
@@ -206,7 +210,10 @@ def build_model(cfg: Config, device) -> UViTModel:
 def build_trainer(cfg: Config) -> Trainer:
     """Data, model, EMA, noise schedule, optimizer and (with ``train.resume``) the state to continue from."""
     tc, o = cfg.train, cfg.optim
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, dynamo_backend="inductor" if tc.compile else "no")
+    state = PartialState()  # the process's device, before the accelerator (which may compile) is made
+    graphs = resolve_cuda_graphs(tc, state.device, error=ConfigError, say=state.print)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision,
+                              dynamo_backend="inductor" if tc.compile and not graphs else "no")
     run = RunDir(cfg.output_dir)
     data = build_dataset(cfg.data, accelerator.device)
     cfg = resolve_model(cfg, data)
@@ -233,8 +240,10 @@ def build_trainer(cfg: Config) -> Trainer:
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the LR schedule is stepped by hand, once per step
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # the UViTModel itself (also under compile)
+    if graphs:
+        model = compile_for_graphs(model)
     trainer = Trainer(cfg, accelerator, run, data, plan, model, raw, ema, noise_scheduler, sample_scheduler, vae, fid,
-                      optimizer, lr_schedule)
+                      optimizer, lr_schedule, graphs=graphs)
     if resume_from is not None:
         trainer.restore(resume_from)
     return trainer
@@ -248,6 +257,7 @@ def train_step(t: Trainer, step: int) -> tuple:
     Returns (mean loss of the step as a 0-d tensor, global grad norm before clipping)."""
     tc, acc = t.cfg.train, t.accelerator
     t.model.train()
+    mark_step_begin(t.graphs)
     step_loss = 0.0
     for micro, slot in enumerate(t.plan.slots(t.rank)):
         gen = torch.Generator(t.device).manual_seed(derive_seed(tc.seed, STEP_STREAM, step, slot))
@@ -276,6 +286,22 @@ def sample_images(pipeline, cfg: Config, num_classes: Optional[int]) -> torch.Te
                     guidance_scale=cfg.sample.guidance_scale, output_type="pt").images
 
 
+def build_probe(t: Trainer):
+    """The fixed diagnostics probe: ``train.diag_probe_size`` training examples (chosen, flipped and noised by
+    generators of their own, so the training RNG stream is untouched) at stratified timesteps."""
+    tc = t.cfg.train
+    n = min(tc.diag_probe_size, t.data.num_examples)
+    seed = derive_seed(tc.seed, DIAG_STREAM)
+    gen = torch.Generator(t.device).manual_seed(seed)
+    idx = torch.randperm(t.data.num_examples, generator=torch.Generator().manual_seed(seed))[:n]
+    x0, y = t.data.get_batch(idx, gen)
+    y = y if t.num_classes is not None else None
+    try:
+        return make_probe(x0, y, t.noise_scheduler, seed)
+    except ValueError as e:
+        raise ConfigError(f"train.diag_probe_size: {e} (use at least 10 probe images)") from None
+
+
 def every(n: int, step: int) -> bool:
     return n > 0 and step % n == 0
 
@@ -294,6 +320,7 @@ class Hooks:
             t.run.write_config(cfg.to_yaml(), cfg.to_dict())
             clean_stale(t.run.checkpoints_dir)
             self.log = RunLog(t.run, t.start)
+        self.probe = build_probe(t) if cfg.train.diag_every > 0 and t.is_main else None
         self.pipeline = UViTPipeline(transformer=t.ema.model, scheduler=t.sample_scheduler, vae=t.vae)
         self.pipeline.set_progress_bar_config(disable=True)
         self.can_sample = t.vae is not None or cfg.data.kind != "latents"
@@ -314,12 +341,15 @@ class Hooks:
         do_ckpt = every(tc.checkpoint_every, done) or final
         do_sample = self.can_sample and (every(tc.sample_every, done) or final)
         do_fid = self.can_sample and every(tc.fid_every, done)
-        if not (do_log or do_ckpt or do_sample or do_fid):
+        do_diag = every(tc.diag_every, done)
+        if not (do_log or do_ckpt or do_sample or do_fid or do_diag):
             return
         self.check_finite(done)
         if do_log:
             self.log_row(done, grad_norm)
         t_pause = time.perf_counter()
+        if do_diag and self.t.is_main:
+            self.log.diagnostics(diagnostics_row(done, self.t.raw, self.t.ema.model, self.probe))
         if do_sample and self.t.is_main:
             self.sample_grid(done)
         if do_fid:
@@ -366,12 +396,14 @@ class Hooks:
         cfg, s, acc = self.t.cfg, self.t.cfg.sample, self.t.accelerator
         batches = pipeline_batches(self.pipeline, cfg.train.fid_num_images, s.batch_size, s.num_inference_steps, s.seed,
                                    rank=acc.process_index, world=acc.num_processes, guidance_scale=s.guidance_scale,
-                                   bf16=cfg.train.mixed_precision == "bf16")
+                                   bf16=cfg.train.mixed_precision == "bf16", cuda_graphs=self.t.graphs)
         result = self.t.fid.score_images(batches, gather=acc.num_processes > 1)
         if self.t.is_main:
             keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
+            ref = getattr(self.t.fid, "ref", None)
+            color = {"color": result.get("color"), "color_ref": getattr(ref, "color", None)}
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
-                          "scheduler": s.scheduler, "ema": True})
+                          "scheduler": s.scheduler, "ema": True, **{k: v for k, v in color.items() if v is not None}})
 
     def finish(self) -> None:
         """Export the final pipeline (EMA weights + raw variant) and close the logs."""
