@@ -73,7 +73,8 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False  # torch.compile the model (inductor)
-    cuda_graphs: Union[bool, str] = "auto"  # auto (on when compiling on CUDA) | true | false: compile with mode="reduce-overhead"
+    # auto (on when compiling on CUDA) | true | false: compile with mode="reduce-overhead"
+    cuda_graphs: Union[bool, str] = "auto"
     gradient_checkpointing: bool = False
     cog_impl: str = "auto"  # Cog attention implementation in training: auto | reference | a registered kernel (triton)
     seed: int = 0
