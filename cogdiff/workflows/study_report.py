@@ -41,7 +41,7 @@ def run_record(run: RunDir) -> dict:
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
     out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
-    out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"), path=str(run.path))
+    out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"))
     return out
 
 
