@@ -9,7 +9,8 @@ A study file::
     base: ../cifar10_uvit_base.yaml        # relative to the study file
     overrides: {model.preset: U-ViT-S/2}    # key=value for every arm (an arm's own overrides win)
     protocol: {steps: 20000, batch_size: 128, fid_every: 5000, fid_n: 2000, final_n: 10000,
-               scheduler: dpm++, sample_steps: 50, diag_every: 500, eval_batch: 500, grid_images: 8}
+               scheduler: dpm++, sample_steps: 50, diag_every: 500, eval_batch: 500, grid_images: 8,
+               mixed_precision: bf16, eval_bf16: true}
     ref: dataset:kind=cifar10,path={data},split=train      # reference statistics (built once, cached in OUT)
     floor: dataset:kind=cifar10,path={data},split=test     # the metric's floor, scored once per study
     baseline: softmax                                      # default: the first arm
@@ -41,7 +42,8 @@ from ..rundir import RunDir, read_jsonl
 from .compare import compare
 
 PROTOCOL_DEFAULTS = dict(steps=1000, batch_size=128, fid_every=0, fid_n=2000, final_n=10_000, scheduler="dpm++",
-                         sample_steps=50, diag_every=0, eval_batch=256, grid_images=8, mixed_precision=None)
+                         sample_steps=50, diag_every=0, eval_batch=256, grid_images=8, mixed_precision=None,
+                         eval_bf16=False)
 # protocol key -> training config key
 PROTOCOL_KEYS = dict(steps="train.steps", batch_size="train.batch_size", fid_every="train.fid_every",
                      fid_n="train.fid_num_images", scheduler="sample.scheduler", sample_steps="sample.num_inference_steps",
@@ -75,12 +77,14 @@ def load_study(path) -> dict:
     return s
 
 
-def run_overrides(study: dict, arm: dict, seed: int, data: Optional[str]) -> List[str]:
+def run_overrides(study: dict, arm: dict, seed: int, data: Optional[str], ref: Optional[str] = None) -> List[str]:
     """The training command's key=value list for one (arm, seed): protocol, data path, the arm, the seed."""
     p = study["protocol"]
     out = [f"{key}={p[k]}" for k, key in PROTOCOL_KEYS.items() if p.get(k) is not None and (k != "diag_every" or p[k])]
     if data:
         out.append(f"data.path={data}")
+    if ref and p["fid_every"]:
+        out.append(f"train.fid_ref={Path(ref).resolve()}")
     common = dict(study.get("overrides") or {})
     out += [f"{k}={_value(v)}" for k, v in {**common, **arm["overrides"]}.items()]
     return out + [f"train.seed={seed}", "train.resume=latest"]
@@ -113,7 +117,7 @@ def visible_gpus() -> List[str]:
     return (listed or [str(i) for i in range(n)])[:n]
 
 
-def _launch(study: dict, arm: dict, seed: int, data, out, gpu: Optional[str]) -> subprocess.Popen:
+def _launch(study: dict, arm: dict, seed: int, data, out, gpu: Optional[str], ref=None) -> subprocess.Popen:
     run = run_dir(out, arm["name"], seed)
     log = Path(out) / "logs" / f"{arm['name']}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -121,14 +125,14 @@ def _launch(study: dict, arm: dict, seed: int, data, out, gpu: Optional[str]) ->
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", study["base"],
-           f"train.output_dir={run.path}", *run_overrides(study, arm, seed, data)]
+           f"train.output_dir={run.path}", *run_overrides(study, arm, seed, data, ref)]
     print(f"[{time.strftime('%H:%M:%S')}] train {arm['name']} seed {seed}{f' on GPU {gpu}' if gpu else ''} "
           f"-> {log}", flush=True)
     with open(log, "a") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def train_all(study: dict, data, out) -> None:
+def train_all(study: dict, data, out, ref: Optional[str] = None) -> None:
     """Train every pending (arm, seed): one per visible GPU side by side, else one after the other."""
     todo = pending(study, out)
     gpus = visible_gpus()
@@ -142,7 +146,7 @@ def train_all(study: dict, data, out) -> None:
                 slots[g] = None
             if slots[g] is None and todo:
                 arm, seed = todo.pop(0)
-                slots[g] = (_launch(study, arm, seed, data, out, g), arm["name"], seed)
+                slots[g] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed)
         time.sleep(0.2)
     if failed:
         raise RuntimeError(f"training failed: {'; '.join(failed)}")
@@ -192,7 +196,7 @@ def evaluate(study: dict, out, ref: str, device=None, progress: bool = False) ->
             rec = compare([str(run.path), f"{run.path}@raw"], ref, str(dest), labels=["ema", "raw"],
                           num_images=p["final_n"], scheduler=p["scheduler"], steps=p["sample_steps"],
                           batch_size=p["eval_batch"], seed=0, device=device, grid_images=p["grid_images"],
-                          progress=progress, bf16=p.get("mixed_precision") == "bf16")
+                          progress=progress, bf16=p["eval_bf16"])
             atomic_write_json(dest / "compare.json", {**rec, "steps_trained": p["steps"]})
 
 
@@ -203,16 +207,29 @@ def read_json(path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_study(study_file, data, out, device=None, progress: bool = False) -> Path:
-    """Train, evaluate and report a study (see the module docstring); returns OUT/report."""
+def apply_settings(study: dict, overrides=(), protocol=()) -> dict:
+    """``key=value`` overrides for every arm (``section.key=value``) and for the protocol (``steps=2000``)."""
+    for items, dest, known in ((overrides, "overrides", None), (protocol, "protocol", PROTOCOL_DEFAULTS)):
+        for item in items:
+            key, eq, value = item.partition("=")
+            if not eq or (known is not None and key not in known):
+                raise ConfigError(f"bad {dest} setting {item!r}: use key=value" +
+                                  (f" with key in {sorted(known)}" if known else ""))
+            study.setdefault(dest, {})[key] = value if dest == "overrides" else yaml.safe_load(value)
+    return study
+
+
+def run_study(study_file, data, out, device=None, progress: bool = False, overrides=(), protocol=()) -> Path:
+    """Train, evaluate and report a study (see the module docstring); returns OUT/report. ``overrides`` and
+    ``protocol`` (key=value lists) change the study file's settings for this call (see :func:`apply_settings`)."""
     from .study_report import study_report
 
-    study = load_study(study_file)
+    study = apply_settings(load_study(study_file), overrides, protocol)
     os.makedirs(out, exist_ok=True)
     atomic_write_text(Path(out) / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     ref = ensure_ref(study, data, out, device)
     score_floor(study, data, out, ref, device)
-    train_all(study, data, out)
+    train_all(study, data, out, ref)
     evaluate(study, out, ref, device, progress)
     return study_report([out], study=study)
 

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="study folder (runs/, stats/, logs/, report/)")
     run.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
     run.add_argument("--progress", action="store_true", help="progress bars during evaluation")
+    run.add_argument("--protocol", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a protocol setting, e.g. --protocol steps=2000 (repeatable)")
+    run.add_argument("overrides", nargs="*", help="section.key=value for every arm, e.g. train.compile=false")
     rep = sub.add_parser("report", help="merge OUT folders (e.g. from several machines) into OUT/report/")
     rep.add_argument("outs", nargs="+")
     rep.add_argument("--dest", default=None, help="report folder (default: the first OUT's report/)")
@@ -28,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     if args.cmd == "run":
-        dest = study.run_study(args.study, args.data, args.out, args.device, args.progress)
+        dest = study.run_study(args.study, args.data, args.out, args.device, args.progress,
+                               args.overrides, args.protocol)
     else:
         dest = study_report(args.outs, dest=args.dest)
     print((dest / "summary.md").read_text(), end="")
