@@ -46,7 +46,8 @@ PROTOCOL_DEFAULTS = dict(steps=1000, batch_size=128, fid_every=0, fid_n=2000, fi
                          eval_bf16=False)
 # protocol key -> training config key
 PROTOCOL_KEYS = dict(steps="train.steps", batch_size="train.batch_size", fid_every="train.fid_every",
-                     fid_n="train.fid_num_images", scheduler="sample.scheduler", sample_steps="sample.num_inference_steps",
+                     fid_n="train.fid_num_images", scheduler="sample.scheduler",
+                     sample_steps="sample.num_inference_steps",
                      diag_every="train.diag_every", mixed_precision="train.mixed_precision")
 
 
@@ -91,7 +92,9 @@ def run_overrides(study: dict, arm: dict, seed: int, data: Optional[str], ref: O
 
 
 def _value(v) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() if not isinstance(v, str) else v
+    if isinstance(v, str):
+        return v
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def run_dir(out, arm: str, seed: int) -> RunDir:

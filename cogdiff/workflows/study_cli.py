@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..cli import run_cli
 from . import study
@@ -40,5 +39,5 @@ def _run(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     return run_cli(lambda: _run(args), (ValueError, OSError, RuntimeError), warnings_one_line=True)

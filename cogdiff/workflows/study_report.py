@@ -95,7 +95,8 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
     lines = [f"# Study {res['study']}", "",
              f"{p['steps']} steps, batch {p['batch_size']}; final FID-{p['final_n']} and KID of EMA and raw weights "
              f"({p['scheduler']}, {p['sample_steps']} steps, the same image seeds for every arm).", "",
-             "| arm | seed | steps | FID EMA | FID raw | KID EMA | KID raw | commit |", "|---|---|---|---|---|---|---|---|"]
+             "| arm | seed | steps | FID EMA | FID raw | KID EMA | KID raw | commit |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm in res["arms"]:
         for r in arm["runs"]:
             lines.append(f"| {arm['name']} | {r['seed']} | {r['steps']} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
