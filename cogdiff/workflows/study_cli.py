@@ -39,5 +39,10 @@ def _run(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)  # key=value overrides may come after the options
+    if extra and (args.cmd != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return run_cli(lambda: _run(args), (ValueError, OSError, RuntimeError), warnings_one_line=True)
