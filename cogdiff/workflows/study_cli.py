@@ -1,0 +1,48 @@
+"""``python -m cogdiff.study run STUDY.yaml --data PATH --out OUT`` and ``... report OUT [OUT2 ...]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import run_cli
+from . import study
+from .study_report import study_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m cogdiff.study", description=study.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="train and evaluate every (arm, seed) not yet done, then report")
+    run.add_argument("study", help="study file, e.g. configs/studies/cifar10_2arm.yaml")
+    run.add_argument("--data", default=None, help="dataset path (data.path of every run; {data} in ref/floor)")
+    run.add_argument("--out", required=True, help="study folder (runs/, stats/, logs/, report/)")
+    run.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
+    run.add_argument("--progress", action="store_true", help="progress bars during evaluation")
+    run.add_argument("--protocol", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a protocol setting, e.g. --protocol steps=2000 (repeatable)")
+    run.add_argument("overrides", nargs="*", help="section.key=value for every arm, e.g. train.compile=false")
+    rep = sub.add_parser("report", help="merge OUT folders (e.g. from several machines) into OUT/report/")
+    rep.add_argument("outs", nargs="+")
+    rep.add_argument("--dest", default=None, help="report folder (default: the first OUT's report/)")
+    return ap
+
+
+def _run(args) -> None:
+    if args.cmd == "run":
+        dest = study.run_study(args.study, args.data, args.out, args.device, args.progress,
+                               args.overrides, args.protocol)
+    else:
+        dest = study_report(args.outs, dest=args.dest)
+    print((dest / "summary.md").read_text(), end="")
+    print(f"report: {dest}")
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)  # key=value overrides may come after the options
+    if extra and (args.cmd != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return run_cli(lambda: _run(args), (ValueError, OSError, RuntimeError), warnings_one_line=True)

@@ -1,0 +1,199 @@
+"""``python -m cogdiff.study report OUT [OUT2 ...]``: merge the run folders of one study into OUT/report/.
+
+results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
+fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
+baseline arm) and plots: fid_vs_step.png, loss_diff.png, loss_by_t_diff.png, diagnostics.png, samples.png. A plot
+whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import yaml
+
+from ..analysis.plots import plot_curves
+from ..analysis.runs import series
+from ..grids import labeled_rows, save_png
+from ..io import atomic_save_with, atomic_write_json, atomic_write_text
+from ..rundir import RunDir
+
+DIAG_KEYS = ("logit_absmax", "entropy", "neg_share", "out_rms")
+
+
+def _json(path) -> Optional[dict]:
+    import json
+
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
+def run_record(run: RunDir) -> dict:
+    """One run's numbers: final scores of EMA and raw weights, the FID curve, its provenance."""
+    rec = _json(run.path / "eval" / "compare.json") or {}
+    scores = {r["model"]: r for r in rec.get("results", [])}
+    prov = run.provenance() or {}
+    rows = run.metrics()
+    out = dict(seed=int(run.name.removeprefix("seed")), steps=rows[-1]["step"] if rows else 0)
+    for w in ("ema", "raw"):
+        out[f"fid_{w}"] = scores.get(w, {}).get("fid")
+        out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
+    out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
+    out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"))
+    return out
+
+
+def collect(outs: List[str]) -> Dict[str, Dict[int, RunDir]]:
+    """arm -> seed -> run folder over all OUT folders; a later folder's run of the same (arm, seed) replaces an
+    earlier one only if it trained more steps."""
+    found: Dict[str, Dict[int, RunDir]] = {}
+    for out in outs:
+        for seed_dir in sorted(Path(out, "runs").glob("*/seed*")):
+            run, arm = RunDir(seed_dir), seed_dir.parent.name
+            seed = int(seed_dir.name.removeprefix("seed"))
+            old = found.setdefault(arm, {}).get(seed)
+            if old is None or run_record(run)["steps"] > run_record(old)["steps"]:
+                found[arm][seed] = run
+    return found
+
+
+def _study(outs: List[str], study: Optional[dict]) -> dict:
+    if study is not None:
+        return study
+    for out in outs:
+        if Path(out, "study.yaml").is_file():
+            return yaml.safe_load(Path(out, "study.yaml").read_text())
+    raise FileNotFoundError(f"no study.yaml in {outs}: is it an OUT folder of python -m cogdiff.study run?")
+
+
+def results(outs: List[str], study: dict) -> dict:
+    runs = collect(outs)
+    order = [a["name"] for a in study["arms"]] + sorted(set(runs) - {a["name"] for a in study["arms"]})
+    overrides = {a["name"]: a["overrides"] for a in study["arms"]}
+    arms = [dict(name=n, overrides=overrides.get(n, {}),
+                 runs=[run_record(r) for _, r in sorted(runs.get(n, {}).items())]) for n in order if n in runs]
+    floor = next((f for f in (_json(Path(o, "floor.json")) for o in outs) if f), None)
+    return dict(study=study["name"], protocol=study["protocol"], baseline=study["baseline"], arms=arms,
+                floor=dict(fid=floor["fid"], source=floor["source"]) if floor else None)
+
+
+def _mean_sd(xs: List[float]) -> tuple:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def _f(v, nd=2) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def summary_markdown(res: dict, notes: List[str]) -> str:
+    p = res["protocol"]
+    lines = [f"# Study {res['study']}", "",
+             f"{p['steps']} steps, batch {p['batch_size']}; final FID-{p['final_n']} and KID of EMA and raw weights "
+             f"({p['scheduler']}, {p['sample_steps']} steps, the same image seeds for every arm).", "",
+             "| arm | seed | steps | FID EMA | FID raw | KID EMA | KID raw | commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in res["arms"]:
+        for r in arm["runs"]:
+            lines.append(f"| {arm['name']} | {r['seed']} | {r['steps']} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
+                         f"{_f(r['kid_ema'], 5)} | {_f(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
+    lines += ["", "| arm | seeds | FID EMA mean | sd | FID raw mean | sd | Δ FID EMA vs " + res["baseline"] + " |",
+              "|---|---|---|---|---|---|---|"]
+    base = next((a for a in res["arms"] if a["name"] == res["baseline"]), None)
+    base_mean = _mean_sd([r["fid_ema"] for r in base["runs"]])[0] if base else None
+    for arm in res["arms"]:
+        me, se = _mean_sd([r["fid_ema"] for r in arm["runs"]])
+        mr, sr = _mean_sd([r["fid_raw"] for r in arm["runs"]])
+        delta = me - base_mean if me is not None and base_mean is not None else None
+        lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me)} | {_f(se)} | {_f(mr)} | {_f(sr)} | "
+                     f"{'+' if delta and delta > 0 else ''}{_f(delta)} |")
+    if res["floor"]:
+        lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def _curves(runs, key, rows_of) -> dict:
+    return {f"{a}/s{s}": series(rows_of(r), key) for a, seeds in runs.items() for s, r in seeds.items()
+            if series(rows_of(r), key)[0]}
+
+
+def _diff(base_rows: List[dict], rows: List[dict], key: str) -> tuple:
+    b = {r["step"]: r[key] for r in base_rows if r.get(key) is not None}
+    steps = [r["step"] for r in rows if r["step"] in b and r.get(key) is not None]
+    vals = {r["step"]: r[key] for r in rows}
+    return steps, [np.asarray(vals[s]) - np.asarray(b[s]) for s in steps]
+
+
+def plots(runs: Dict[str, Dict[int, RunDir]], baseline: str, dest: Path) -> List[str]:
+    """The report's plots; returns notes for those skipped."""
+    notes = []
+    fid = _curves(runs, "fid", RunDir.fid)
+    if fid:
+        atomic_save_with(dest / "fid_vs_step.png", lambda t: plot_curves({"fid": fid}, t), suffix=".png")
+    else:
+        notes.append("fid_vs_step.png skipped: no run logged FID during training (fid.jsonl)")
+    base = runs.get(baseline, {})
+    loss = {}
+    for a, seeds in runs.items():
+        for s, r in seeds.items():
+            if a != baseline and s in base:
+                x, d = _diff(base[s].metrics(), r.metrics(), "loss")
+                loss[f"{a}/s{s}"] = (x, [float(v) for v in d])
+    if loss:
+        atomic_save_with(dest / "loss_diff.png", lambda t: plot_curves({f"loss - {baseline}": loss}, t), suffix=".png")
+    notes += _diag_plots(runs, base, baseline, dest)
+    return notes
+
+
+def _diag_plots(runs, base, baseline: str, dest: Path) -> List[str]:
+    diag = {f"{a}/s{s}": r.diagnostics() for a, seeds in runs.items() for s, r in seeds.items() if r.diagnostics()}
+    if not diag:
+        return ["loss_by_t_diff.png and diagnostics.png skipped: no run logged diagnostics (diagnostics.jsonl)"]
+    panels = {}
+    for a, seeds in runs.items():
+        for s, r in seeds.items():
+            if a == baseline or s not in base:
+                continue
+            steps, d = _diff(base[s].diagnostics(), r.diagnostics(), "loss_by_t")
+            for i in sorted({0, len(steps) // 2, len(steps) - 1}) if steps else []:
+                panels.setdefault(f"{a}/s{s}", {})[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
+    if panels:
+        atomic_save_with(dest / "loss_by_t_diff.png", lambda t: plot_curves(
+            {f"{k}: loss_by_t - {baseline}": v for k, v in panels.items()}, t, xlabel="timestep bin (x100)"),
+            suffix=".png")
+    per_block = {}
+    for key in DIAG_KEYS:
+        per_block[key] = {f"{name} b{j}": ([r["step"] for r in rows], [r["blocks"][j][key] for r in rows])
+                          for name, rows in diag.items() for j in range(len(rows[0]["blocks"]))}
+    atomic_save_with(dest / "diagnostics.png", lambda t: plot_curves(per_block, t), suffix=".png")
+    return []
+
+
+def sample_grids(runs: Dict[str, Dict[int, RunDir]], dest: Path) -> Optional[str]:
+    """One row per (arm, seed): the EMA images of the final evaluation (the same image seeds in every row)."""
+    rows = {}
+    for a, seeds in runs.items():
+        for s, r in seeds.items():
+            path = r.path / "eval" / "grid_images.npz"
+            if path.is_file():
+                rows[f"{a}/s{s}"] = np.load(path)["ema"]
+    return save_png(labeled_rows(rows), dest / "samples.png") if rows else None
+
+
+def study_report(outs: List[str], study: Optional[dict] = None, dest: Optional[str] = None) -> Path:
+    """Merge ``outs`` into ``dest`` (default: the first OUT's report/); returns that folder."""
+    study = _study(outs, study)
+    dest = Path(dest or Path(outs[0]) / "report")
+    dest.mkdir(parents=True, exist_ok=True)
+    res = results(outs, study)
+    runs = collect(outs)
+    notes = plots(runs, study["baseline"], dest)
+    if not sample_grids(runs, dest):
+        notes.append("samples.png skipped: no run has a final evaluation yet")
+    atomic_write_json(dest / "results.json", res)
+    atomic_write_text(dest / "summary.md", summary_markdown(res, notes))
+    return dest

@@ -1,0 +1,94 @@
+"""python -m cogdiff.study on micro configs (CPU): the table, resume after an interruption, appending an arm,
+merging OUT folders."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cogdiff.workflows.study import load_study, pending, run_dir, run_study
+from cogdiff.workflows.study_cli import main as study_main
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = {"data.kind": "synthetic", "data.resolution": 16, "model.patch_size": 4, "model.embed_dim": 32,
+         "model.depth": 2, "model.num_heads": 2, "optim.warmup_steps": 2, "sample.grid_size": 4,
+         "train.sample_every": 0, "train.checkpoint_every": 2, "train.log_every": 1}
+ARMS = [{"name": "softmax", "overrides": {"model.attention_type": "softmax"}},
+        {"name": "cog", "overrides": {"model.attention_type": "cog"}},
+        {"name": "qknorm", "overrides": {"model.attention_type": "cog", "model.qk_norm": "rmsnorm"}}]
+
+
+def write_study(path: Path, arms) -> Path:
+    study = dict(name="micro", base=str(ROOT / "configs" / "tiny.yaml"), overrides=MICRO, seeds=[0, 1], arms=arms,
+                 protocol=dict(steps=4, batch_size=8, final_n=4, sample_steps=2, eval_batch=4, grid_images=2),
+                 ref="dataset:kind=synthetic,resolution=16,limit=6",
+                 floor="dataset:kind=synthetic,resolution=16,limit=4,split=test")
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def table_rows(summary: str):
+    """The arm x seed table's rows (8 columns, the last the commit)."""
+    return [line for line in summary.splitlines() if line.startswith("| ") and len(line.split("|")) == 10
+            and line.split("|")[2].strip().isdigit()]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    out = root / "out"
+    run_study(write_study(root / "two.yaml", ARMS[:2]), None, out)
+    return root, out
+
+
+def test_two_arms_then_appended_arm_runs_alone(study, monkeypatch):
+    root, out = study
+    first = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/metrics.jsonl")}
+    assert len(first) == 4
+    three = write_study(root / "three.yaml", ARMS)
+    assert [(a["name"], s) for a, s in pending(load_study(three), out)] == [("qknorm", 0), ("qknorm", 1)]
+    assert study_main(["run", str(three), "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in first} == first  # the first arms were not trained again
+    summary = (out / "report" / "summary.md").read_text()
+    rows = table_rows(summary)
+    assert [(r.split("|")[1].strip(), int(r.split("|")[2])) for r in rows] == [
+        (a["name"], s) for a in ARMS for s in (0, 1)]
+    res = json.loads((out / "report" / "results.json").read_text())
+    assert res["study"] == "micro" and [a["name"] for a in res["arms"]] == ["softmax", "cog", "qknorm"]
+    for arm in res["arms"]:
+        assert [r["seed"] for r in arm["runs"]] == [0, 1]
+        for r in arm["runs"]:
+            assert r["steps"] == 4 and r["fid_ema"] > 0 and r["fid_raw"] > 0 and r["kid_ema"] is not None
+            assert r["commit"] and r["gpu"]
+    assert res["floor"]["fid"] > 0 and "split=test" in res["floor"]["source"]
+    assert "Δ FID EMA vs softmax" in summary and (out / "report" / "samples.png").is_file()
+    assert "diagnostics.png skipped" in summary  # no diagnostics logged: a note, not a crash
+
+
+def test_interrupted_run_is_finished(study):
+    root, out = study
+    three = root / "three.yaml"
+    run = run_dir(out, "cog", 1)
+    shutil.rmtree(run.pipeline_dir)  # as if killed after its step-2 checkpoint
+    shutil.rmtree(run.checkpoints_dir / "step_0000004")
+    (run.path / "eval" / "compare.json").unlink()
+    assert [(a["name"], s) for a, s in pending(load_study(three), out)] == [("cog", 1)]
+    assert study_main(["run", str(three), "--out", str(out)]) == 0
+    assert pending(load_study(three), out) == [] and run.has_pipeline()
+    assert "resumed" in (out / "logs" / "cog_seed1.log").read_text().lower() or run.metrics()[-1]["step"] == 4
+
+
+def test_merging_two_out_folders_gives_the_same_report(study, tmp_path):
+    root, out = study
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(out, a)
+    shutil.copytree(out, b)
+    shutil.rmtree(a / "runs" / "qknorm")  # machine A ran softmax and cog, machine B qknorm
+    for arm in ("softmax", "cog"):
+        shutil.rmtree(b / "runs" / arm)
+    assert study_main(["report", str(a), str(b), "--dest", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged == json.loads((out / "report" / "results.json").read_text())
+    assert (tmp_path / "merged" / "summary.md").read_text() == (out / "report" / "summary.md").read_text()
