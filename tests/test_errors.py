@@ -1,0 +1,73 @@
+"""Bad input is refused before any work with one ``error: ...`` line (exit 2), no traceback, nothing on disk
+changed: numeric config values, resuming another model's checkpoint, truncated checkpoint files."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import MICRO
+
+from cogdiff.training import list_checkpoints
+from cogdiff.workflows import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = str(ROOT / "configs" / "tiny.yaml")
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))}
+
+
+def run_train(capsys, *overrides) -> str:
+    """train.py's main with MICRO settings: asserts exit 2 and a one-line error, returns that line."""
+    rc = train.main(["--config", TINY_YAML, *MICRO, *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("override, names", [
+    ("train.steps=0", "train.steps"), ("train.steps=-5", "train.steps"), ("train.batch_size=0", "train.batch_size"),
+    ("train.grad_accum=0", "train.grad_accum"), ("model.patch_size=0", "model.patch_size"),
+    ("model.embed_dim=-8", "model.embed_dim"), ("optim.betas=[0.9]", "optim.betas"),
+    ("sample.grid_size=0", "sample.grid_size"), ("train.keep_last=-1", "train.keep_last"),
+])
+def test_bad_numbers_refused_before_step_0(capsys, tmp_path, override, names):
+    out = tmp_path / "run"
+    line = run_train(capsys, override, f"train.output_dir={out}")
+    assert names in line
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("src") / "run"
+    assert train.main(["--config", TINY_YAML, *MICRO, "train.steps=4", "train.checkpoint_every=2",
+                       "train.keep_last=2", "train.log_every=2", f"train.output_dir={out}"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("change", ["model.attention_type=cog", "model.depth=4"])
+def test_resume_from_other_models_checkpoint_refused(capsys, tmp_path, source_run, change):
+    checkpoint = list_checkpoints(source_run / "checkpoints")[-1]
+    before = snapshot(source_run)
+    out = tmp_path / "new"
+    line = run_train(capsys, change, "train.steps=8", "train.keep_last=1", f"train.resume={checkpoint}",
+                     f"train.output_dir={out}")
+    assert "different model" in line and change.split("=")[0].split(".")[1] in line
+    assert snapshot(source_run) == before  # nothing deleted or rewritten in the other run
+
+
+@pytest.mark.parametrize("name", ["training_state.pt", "rng_state_0.pt"])
+def test_truncated_state_file_names_it(capsys, tmp_path, source_run, name):
+    run = tmp_path / "run"
+    shutil.copytree(source_run, run)
+    checkpoint = list_checkpoints(run / "checkpoints")[-1]
+    target = checkpoint / name
+    target.write_bytes(target.read_bytes()[:100])
+    before = snapshot(run)
+    line = run_train(capsys, "train.steps=8", "train.resume=latest", "train.keep_last=1", f"train.output_dir={run}")
+    assert name in line and "truncated" in line and "train.resume=" in line and "step_0000002" in line
+    assert snapshot(run) == before
