@@ -71,3 +71,23 @@ def test_truncated_state_file_names_it(capsys, tmp_path, source_run, name):
     line = run_train(capsys, "train.steps=8", "train.resume=latest", "train.keep_last=1", f"train.output_dir={run}")
     assert name in line and "truncated" in line and "train.resume=" in line and "step_0000002" in line
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--guidance-scale", "3"], "--guidance-scale"), (["--out", "FILE"], "is a file"),
+    pytest.param(["--device", "cuda"], "--device cuda", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="needs a machine without a GPU")),
+])
+def test_sample_refusals_write_nothing(capsys, tmp_path, source_run, extra, names):
+    from cogdiff.workflows import sample
+
+    file = tmp_path / "x.txt"
+    file.write_text("keep")
+    out = tmp_path / "samples"
+    args = [str(source_run / "pipeline"), "--out", str(out), "-n", "2", "--steps", "2", "--no-progress"]
+    args += [str(file) if a == "FILE" else a for a in extra]
+    before = snapshot(tmp_path)
+    rc = sample.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
+    assert snapshot(tmp_path) == before and not out.exists()
