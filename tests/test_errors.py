@@ -91,3 +91,25 @@ def test_sample_refusals_write_nothing(capsys, tmp_path, source_run, extra, name
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def other_data_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("other") / "run"
+    assert train.main(["--config", TINY_YAML, *MICRO, "data.resolution=8", "train.steps=2",
+                       "train.checkpoint_every=0", f"train.output_dir={out}"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("case", ["same_twice", "mixed_data"])
+def test_compare_refusals(capsys, tmp_path, source_run, other_data_run, case):
+    from cogdiff.workflows import compare
+
+    models = [source_run, source_run] if case == "same_twice" else [source_run, other_data_run]
+    out = tmp_path / "cmp"
+    rc = compare.main([*map(str, models), "--ref", str(tmp_path / "ref.npz"), "--out", str(out), "-n", "2",
+                       "--no-progress", *([] if case == "same_twice" else ["--labels", "a,b"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert ("same model twice" if case == "same_twice" else "--allow-mixed-data") in err[0]
+    assert not out.exists()
