@@ -113,3 +113,18 @@ def test_compare_refusals(capsys, tmp_path, source_run, other_data_run, case):
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert ("same model twice" if case == "same_twice" else "--allow-mixed-data") in err[0]
     assert not out.exists()
+
+
+def test_fid_of_few_images_warns_biased():
+    import warnings
+
+    import torch
+
+    from cogdiff.metrics.stats import frechet_distance
+
+    d, x = 8, torch.randn(5, 8, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frechet_distance(torch.zeros(d), torch.eye(d), x.mean(0), torch.cov(x.T), x2=x)
+        frechet_distance(torch.zeros(d), torch.eye(d), torch.zeros(d), torch.eye(d), x2=torch.randn(20, d))
+    assert [("strongly biased" in str(w.message)) for w in caught] == [True]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -169,6 +170,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     matrix Xc sigma1 Xc^T / (n - 1) (Xc = x2 - mu2), so no dim x dim decomposition is needed.
     """
     mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
+    if x2 is not None and len(x2) < len(mu1):  # one fixed message, so Python shows it once per process
+        warnings.warn(f"FID from fewer images than the {len(mu1)} feature dimensions is strongly biased "
+                      "(upwards); use at least that many, ideally 10000 or more", stacklevel=2)
     if x2 is not None and len(x2) <= len(mu1):
         xc = x2.double().to(mu2.device) - mu2
         a = xc @ sigma1 @ xc.T / (len(x2) - 1)
