@@ -128,3 +128,18 @@ def test_fid_of_few_images_warns_biased():
         frechet_distance(torch.zeros(d), torch.eye(d), x.mean(0), torch.cov(x.T), x2=x)
         frechet_distance(torch.zeros(d), torch.eye(d), torch.zeros(d), torch.eye(d), x2=torch.randn(20, d))
     assert [("strongly biased" in str(w.message)) for w in caught] == [True]
+
+
+@pytest.mark.parametrize("source, out, names", [
+    ("dataset:kind=synthetic,limit=4", "x.txt", ".npz"), ("dataset:kind=synthetic,limit=abc", "r.npz", "data.limit"),
+])
+def test_metrics_ref_checks_before_computing(capsys, tmp_path, monkeypatch, source, out, names):
+    from cogdiff.metrics import __main__ as metrics_cli
+    from cogdiff.metrics import stats
+
+    monkeypatch.setattr(stats, "compute_ref_stats", lambda *a, **k: pytest.fail("computed before the check"))
+    monkeypatch.setattr(metrics_cli, "InceptionFeatures", lambda *a, **k: type("E", (), {"extractor_id": "x"})())
+    rc = metrics_cli.main(["ref", source, "--out", str(tmp_path / out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
+    assert list(tmp_path.iterdir()) == []

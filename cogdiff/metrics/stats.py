@@ -106,9 +106,7 @@ class RefStats:
 
     def save(self, path: str) -> str:
         """Write atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
+        path = check_stats_path(path)
         arrays = dict(
             mu=self.mu,
             sigma=self.sigma,
@@ -157,6 +155,14 @@ class RefStats:
                 f"expected {fingerprint[:12]}...); rebuild it (ref ... --force) or point to the right file"
             )
         return stats
+
+
+def check_stats_path(path) -> str:
+    """``path`` as text if it names a ``.npz`` (the only format reference statistics are saved in)."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
+    return path
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
@@ -233,6 +239,7 @@ def ensure_ref_stats(
     """Cached reference statistics: reuse ``path`` when it was built from the same images (fingerprint)
     with the same feature extractor; a different image set is an error unless ``force`` (then rebuild).
     ``make_batches()`` returns a fresh iterable of uint8 NHWC batches; ``total`` (images) sizes the progress bar."""
+    check_stats_path(path)  # before the Inception pass, not after it
     if os.path.isfile(path) and not force:
         fp = Fingerprint()
         for batch in progress_images(make_batches(), "checking fingerprint", total, progress):
