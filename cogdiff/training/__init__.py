@@ -5,9 +5,9 @@ from ..seeds import derive_seed
 from .batches import BatchPlan
 from .checkpoint import (
     RAW_VARIANT,
+    check_model_config,
     export_pipeline,
     list_checkpoints,
-    check_model_config,
     load_training_state,
     load_weights,
     resolve_resume,

@@ -157,8 +157,8 @@ def check_model_config(checkpoint: Path, model: torch.nn.Module) -> None:
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise ValueError(f"{path} is missing or unreadable: {checkpoint} does not carry its model config, "
-                         "so it cannot be checked against this run's model; resume from a complete checkpoint") from None
+        raise ValueError(f"{path} is missing or unreadable: {checkpoint} does not carry its model config, so it "
+                         "cannot be checked against this run's model; resume from a complete checkpoint") from None
     now = dict(model.config)
     diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if not k.startswith("_") and saved.get(k) != _jsonable(now.get(k))]
