@@ -326,4 +326,31 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     cfg = config_from_dict(_read_yaml(path), name=path.stem)
     for key, value in parse_overrides(overrides):
         cfg.set(key, value, from_string=True)
+    validate_numbers(cfg)
     return cfg
+
+
+# (section, key, smallest allowed value): checked before any work, so a bad value never crashes a run mid-way.
+AT_LEAST = [("train", k, 1) for k in ("steps", "batch_size", "grad_accum", "fid_num_images", "log_every")] + [
+    ("train", k, 0) for k in ("checkpoint_every", "keep_last", "sample_every", "fid_every")] + [
+    ("sample", k, 1) for k in ("num_inference_steps", "grid_size", "batch_size")] + [
+    ("optim", "warmup_steps", 0), ("optim", "grad_clip", 0), ("optim", "lr", 0), ("optim", "weight_decay", 0),
+    ("diffusion", "num_train_timesteps", 1), ("data", "limit", 1), ("data", "resolution", 1)]
+
+
+def validate_numbers(cfg: Config) -> None:
+    """Refuse numeric values no run can use (``train.steps=0``, ``optim.betas=[0.9]``, ...) with one line each."""
+    for section, key, low in AT_LEAST:
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and value < low:
+            raise ConfigError(f"{section}.{key} must be >= {low}; got {value!r}")
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.99, 0.999]; got {betas!r}")
+    if not 0 <= cfg.train.ema_decay <= 1 or not 0 <= cfg.train.p_uncond <= 1:
+        raise ConfigError("train.ema_decay and train.p_uncond must lie in [0, 1]; "
+                          f"got {cfg.train.ema_decay!r}, {cfg.train.p_uncond!r}")
+    for key in ("patch_size", "embed_dim", "depth", "num_heads", "sample_size", "in_channels"):
+        value = cfg.model.get(key)
+        if isinstance(value, (int, float)) and value < 1:
+            raise ConfigError(f"model.{key} must be >= 1; got {value!r}")

@@ -91,6 +91,12 @@ def _dataset_batches(spec: dict, batch_size: int) -> Iterator[np.ndarray]:
     yield from dataset_batches(build_dataset(cfg, "cpu"), batch_size)
 
 
+def check_dataset_spec(source: str) -> None:
+    """A ``dataset:...`` source's keys and values checked up front (``limit=abc`` -> one-line error)."""
+    if source.startswith(DATASET_PREFIX):
+        data_config_from_spec(parse_dataset_spec(source))
+
+
 def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
     """uint8 NHWC batches from a folder, an .npz file or ``dataset:kind=...``."""
     if source.startswith(DATASET_PREFIX):

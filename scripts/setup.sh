@@ -18,9 +18,19 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
+# pip, with its warnings (dependency-resolver notes, "running as root", ...) filtered out; errors stay visible
+# and a failing install still stops the set-up.
+pip_quiet() {
+  local log rc=0
+  log="$(mktemp)"
+  "$VENV/bin/python" -m pip --disable-pip-version-check --no-input "$@" >"$log" 2>&1 || rc=$?
+  grep -v -E '^(WARNING|DEPRECATION|  (warnings|Warning)|\[notice\])' "$log" | grep -i -E 'error|failed' >&2 || true
+  [ "$rc" -eq 0 ] || { echo "setup: pip $* failed (exit $rc); its error lines are above, the full output is in $log" >&2; return "$rc"; }
+  rm -f "$log"
+}
+PIP=pip_quiet
 if ! "$VENV/bin/python" -c "import cogdiff, diffusers, accelerate, torchmetrics, torchvision, pytest, nbclient, ruff" 2>/dev/null; then
-  $PIP install -q --upgrade pip >/dev/null
+  $PIP install -q --upgrade pip
   # torch/torchvision pinned to a pair that imports together (CPU or CUDA build by platform).
   $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
   $PIP install -q -e ".[dev]"

@@ -18,10 +18,10 @@ import sys
 
 from ..cli import run_cli
 from ..io import atomic_write_text
-from ..sources import count_source, iter_source
+from ..sources import check_dataset_spec, count_source, iter_source
 from .evaluator import DEFAULT_INCEPTION_BATCH, FIDEvaluator
 from .inception import ALLOW_UNVERIFIED_FLAG, InceptionFeatures
-from .stats import DEFAULT_KID_FEATURES, ensure_ref_stats
+from .stats import DEFAULT_KID_FEATURES, check_stats_path, ensure_ref_stats
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> None:
     progress = not args.no_progress
     if args.cmd == "ref":
+        check_stats_path(args.out)  # output name and source first, then the Inception pass
+        check_dataset_spec(args.source)
         extractor = InceptionFeatures(args.weights, args.device, allow_unverified=args.allow_unverified_weights)
         existed = os.path.isfile(args.out)
         stats = ensure_ref_stats(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -108,9 +109,7 @@ class RefStats:
 
     def save(self, path: str) -> str:
         """Write atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
+        path = check_stats_path(path)
         arrays = dict(
             mu=self.mu,
             sigma=self.sigma,
@@ -164,6 +163,14 @@ class RefStats:
         return stats
 
 
+def check_stats_path(path) -> str:
+    """``path`` as text if it names a ``.npz`` (the only format reference statistics are saved in)."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"reference statistics are saved as .npz, got {path!r}: use a name ending in .npz")
+    return path
+
+
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
                      x2: Optional[torch.Tensor] = None, sqrt_sigma1: Optional[torch.Tensor] = None) -> float:
     """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2), exactly, with symmetric
@@ -175,6 +182,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     matrix Xc sigma1 Xc^T / (n - 1) (Xc = x2 - mu2), so no dim x dim decomposition is needed.
     """
     mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
+    if x2 is not None and len(x2) < len(mu1):  # one fixed message, so Python shows it once per process
+        warnings.warn(f"FID from fewer images than the {len(mu1)} feature dimensions is strongly biased "
+                      "(upwards); use at least that many, ideally 10000 or more", stacklevel=2)
     if x2 is not None and len(x2) <= len(mu1):
         xc = x2.double().to(mu2.device) - mu2
         a = xc @ sigma1 @ xc.T / (len(x2) - 1)
@@ -238,6 +248,7 @@ def ensure_ref_stats(
     """Cached reference statistics: reuse ``path`` when it was built from the same images (fingerprint)
     with the same feature extractor; a different image set is an error unless ``force`` (then rebuild).
     ``make_batches()`` returns a fresh iterable of uint8 NHWC batches; ``total`` (images) sizes the progress bar."""
+    check_stats_path(path)  # before the Inception pass, not after it
     if os.path.isfile(path) and not force:
         fp = Fingerprint()
         for batch in progress_images(make_batches(), "checking fingerprint", total, progress):

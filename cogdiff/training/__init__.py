@@ -5,6 +5,7 @@ from ..seeds import derive_seed
 from .batches import BatchPlan
 from .checkpoint import (
     RAW_VARIANT,
+    check_model_config,
     export_pipeline,
     list_checkpoints,
     load_training_state,
@@ -28,6 +29,7 @@ __all__ = [
     "export_pipeline",
     "gpu_memory_gb",
     "list_checkpoints",
+    "check_model_config",
     "load_training_state",
     "load_weights",
     "make_noise_scheduler",

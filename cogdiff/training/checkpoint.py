@@ -10,6 +10,7 @@ the previous checkpoints untouched and no half-written ``step_*`` folder.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -91,9 +92,16 @@ def save_checkpoint(accelerator, root: Path, step: int, write_main: Callable[[Pa
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(capture_rng(), tmp / RNG_STATE.format(accelerator.process_index))
-    if accelerator.is_main_process:
-        write_main(tmp)
+    try:
+        torch.save(capture_rng(), tmp / RNG_STATE.format(accelerator.process_index))
+        if accelerator.is_main_process:
+            write_main(tmp)
+    except (OSError, RuntimeError) as e:  # disk full (torch.save reports it as a stream-writer RuntimeError)
+        if not isinstance(e, OSError) and "PytorchStreamWriter" not in str(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"writing checkpoint step {step} failed ({e}); removed {tmp}; free disk space and resume "
+                      f"with train.resume=latest") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_replace_dir(tmp, final, TMP_PREFIX)
@@ -133,11 +141,41 @@ def load_weights(checkpoint: Path, model: torch.nn.Module, raw: bool) -> None:
     model.load_state_dict(saved.state_dict())
 
 
+def _load_state_file(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        earlier = [c for c in list_checkpoints(path.parent.parent) if c != path.parent]
+        hint = f"train.resume={earlier[-1]}" if earlier else "a new train.output_dir (no earlier checkpoint)"
+        raise ValueError(f"{path} is unreadable or truncated ({type(e).__name__}); resume from the previous "
+                         f"checkpoint with {hint}") from None
+
+
+def check_model_config(checkpoint: Path, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint whose stored model config (``transformer/config.json``) differs from ``model``'s."""
+    path = Path(checkpoint) / "transformer" / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{path} is missing or unreadable: {checkpoint} does not carry its model config, so it "
+                         "cannot be checked against this run's model; resume from a complete checkpoint") from None
+    now = dict(model.config)
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if not k.startswith("_") and saved.get(k) != _jsonable(now.get(k))]
+    if diff:
+        raise ValueError(f"{checkpoint} holds a different model ({'; '.join(diff)}); resume it with the same "
+                         "model.* settings, or start a new run")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
 def load_training_state(checkpoint: Path, rank: int) -> tuple:
     """(training_state dict, this process's RNG state or None if the checkpoint had fewer processes)."""
-    state = torch.load(Path(checkpoint) / TRAINING_STATE, map_location="cpu", weights_only=True)
+    state = _load_state_file(Path(checkpoint) / TRAINING_STATE)
     rng_path = Path(checkpoint) / RNG_STATE.format(rank)
-    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
+    rng = _load_state_file(rng_path) if rng_path.is_file() else None
     return state, rng
 
 

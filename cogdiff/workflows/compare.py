@@ -14,10 +14,12 @@ weights the Inception Score is recorded as null, with the reason, and one line s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -30,7 +32,7 @@ from ..grids import labeled_rows, save_png
 from ..io import atomic_save_with, atomic_savez, atomic_write_json, atomic_write_text
 from ..metrics import FIDEvaluator
 from ..metrics.inception import ALLOW_UNVERIFIED_FLAG
-from ..rundir import PIPELINE_SUBDIR, RunDir, git_commit, package_versions
+from ..rundir import PIPELINE_SUBDIR, RunDir, git_commit, package_versions, resolve_pipeline_dir
 from ..sampling import SCHEDULERS, check_pipeline, load_pipeline, pipeline_batches, sample_batch
 from ..schedulers import scheduler_name
 
@@ -94,6 +96,24 @@ def default_label(spec: str) -> str:
     return name + (f"@{variant}" if variant else "")
 
 
+def data_of(spec: str) -> tuple:
+    """(data kind or None, sample size, channels) of a run or pipeline folder: what its images look like."""
+    path = split_variant(spec)[0]
+    cfg = json.loads((Path(resolve_pipeline_dir(path)) / "transformer" / "config.json").read_text())
+    run = RunDir.of(path)
+    saved = run.config() if run is not None else None
+    return ((saved or {}).get("data") or {}).get("kind"), cfg.get("sample_size"), cfg.get("in_channels")
+
+
+def check_same_data(models: List[str]) -> None:
+    """Refuse models trained on different data (kind / image size / channels): their FIDs are not comparable."""
+    seen = {spec: data_of(spec) for spec in models}
+    if len(set(seen.values())) > 1:
+        found = "; ".join(f"{s}: kind={k}, size={n}, channels={c}" for s, (k, n, c) in seen.items())
+        raise ValueError(f"the models were trained on different data ({found}); compare models of one data set, "
+                         "or pass --allow-mixed-data")
+
+
 def compare(
     models: List[str],
     ref: str,
@@ -112,15 +132,20 @@ def compare(
     progress: bool = True,
     command: Optional[str] = None,
     allow_unverified_weights: bool = False,
+    allow_mixed_data: bool = False,
 ) -> dict:
     """Sample, score and report (see the module docstring). Returns the JSON record."""
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models, got {len(models)}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"compare got the same model twice ({' '.join(models)}); pass two or more different models")
     labels = labels or [default_label(m) for m in models]
     if len(labels) != len(models) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels must give {len(models)} distinct names, got {labels}")
     for spec in models:  # fail before any sampling
         check_pipeline(*split_variant(spec))
+    if not allow_mixed_data:
+        check_same_data(models)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
     ev = FIDEvaluator(ref, device=device, weights=weights, allow_unverified=allow_unverified_weights)
@@ -213,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code)")
     ap.add_argument("--grid-images", type=int, default=8, help="images per model in grid.png")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-mixed-data", action="store_true",
+                    help="compare models trained on different data (kind, image size or channels) anyway")
     return ap
 
 
@@ -223,7 +250,7 @@ def main(argv=None) -> int:
         args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images,
         args.scheduler, args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device,
         args.weights, args.grid_images, progress=not args.no_progress, command=command,
-        allow_unverified_weights=args.allow_unverified_weights),
+        allow_unverified_weights=args.allow_unverified_weights, allow_mixed_data=args.allow_mixed_data),
         (FileNotFoundError, ValueError, RuntimeError), warnings_one_line=True)
 
 

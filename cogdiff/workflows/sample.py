@@ -62,8 +62,15 @@ def sample(args: argparse.Namespace) -> None:
     """Sample ``args.num_images`` into ``args.out`` (resumable; see the module docstring)."""
     if args.num_images < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError("--num-images, --batch-size and --steps must be >= 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file; pass a folder (new or one this command wrote before)")
+    if args.device and str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA GPU is visible here; use --device cpu or leave it out")
     rank, world, device, barrier = _process_info(args.device)
     pipe = load_pipeline(args.model, device=device, scheduler=args.scheduler, variant=args.variant)
+    if pipe.transformer.config.num_classes is None and (args.guidance_scale != 1.0 or args.class_label is not None):
+        raise ValueError(f"{args.model} is unconditional (num_classes=None): --guidance-scale must be 1 and "
+                         "--class-label left out")
     settings = dict(model=os.path.abspath(args.model), variant=args.variant, num_images=args.num_images,
                     scheduler=scheduler_label(pipe), steps=args.steps, guidance_scale=args.guidance_scale,
                     class_label=args.class_label, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
@@ -82,7 +89,7 @@ def sample(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: sample(args), (FileNotFoundError, ValueError))
+    return run_cli(lambda: sample(args), (ValueError, OSError))
 
 
 if __name__ == "__main__":

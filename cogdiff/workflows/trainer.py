@@ -36,6 +36,7 @@ from ..training import (
     EMA,
     BatchPlan,
     RunLog,
+    check_model_config,
     derive_seed,
     diffusion_loss,
     drop_labels,
@@ -181,6 +182,7 @@ class Trainer:
         torch.save(self.training_state(step), tmp / TRAINING_STATE)
 
     def restore(self, checkpoint) -> None:
+        check_model_config(checkpoint, self.raw)
         state, rng = load_training_state(checkpoint, self.rank)
         load_weights(checkpoint, self.raw, raw=True)
         load_weights(checkpoint, self.ema.model, raw=False)
