@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Optional
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -212,8 +213,11 @@ def build_model(cfg: Config, device) -> UViTModel:
 def build_trainer(cfg: Config) -> Trainer:
     """Data, model, EMA, noise schedule, optimizer and (with ``train.resume``) the state to continue from."""
     tc, o = cfg.train, cfg.optim
-    state = PartialState()  # the process's device, before the accelerator (which may compile) is made
-    graphs = resolve_cuda_graphs(tc, state.device, error=ConfigError, say=state.print)
+    # The device type decides the graphs setting, which the accelerator's compile setting depends on; asking
+    # accelerate's PartialState here would set up its process state before the Accelerator's own arguments.
+    device_type = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    main = os.environ.get("RANK", "0") == "0"
+    graphs = resolve_cuda_graphs(tc, device_type, error=ConfigError, say=print if main else (lambda *_: None))
     accelerator = Accelerator(mixed_precision=tc.mixed_precision,
                               dynamo_backend="inductor" if tc.compile and not graphs else "no")
     run = RunDir(cfg.output_dir)
