@@ -18,11 +18,11 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 [ -d "$1/train" ] || { echo "error: $1/train not found: pass the unpacked CIFAR-10 folder (tar xzf train-*.tar.gz)" >&2; exit 2; }
-DATA=$1 OUT=$2
+DATA=$1 OUTDIR=$2
 shift 2
 P=()
 for kv in steps=${STEPS-} fid_every=${FID_EVERY-} fid_n=${FID_N-} final_n=${N_FINAL-}; do
     [ -n "${kv#*=}" ] && P+=(--protocol "$kv")
 done
-exec "${PYTHON:-python3}" -m cogdiff.study run configs/studies/cifar10_2arm.yaml --data "$DATA" --out "$OUT" \
+exec "${PYTHON:-python3}" -m cogdiff.study run configs/studies/cifar10_2arm.yaml --data "$DATA" --out "$OUTDIR" \
     ${P[@]+"${P[@]}"} "$@"
