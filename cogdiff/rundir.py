@@ -4,7 +4,7 @@ A run folder (``train.output_dir``, default ``runs/<config name>``)::
 
     config.yaml              the resolved configuration (loadable with --config)
     provenance.json          what produced the run: config, code commit, package versions, command, host
-    metrics.jsonl            one JSON object per logged step: step, loss, lr, grad_norm, images_per_s
+    metrics.jsonl            one JSON object per logged step: step, loss, lr, grad_norm, images_per_s, time (unix s)
                              (+ gpu_mem_gb on CUDA); loss = mean over the steps since the last row
     fid.jsonl                one object per FID evaluation: step, fid, kid_mean, kid_std, num_images,
                              num_inference_steps, scheduler, ema (true)

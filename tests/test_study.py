@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cogdiff.workflows.study import load_study, pending, run_dir, run_study
+from cogdiff.config import ConfigError
+from cogdiff.workflows.study import load_study, pending, run_dir, run_study, selected
 from cogdiff.workflows.study_cli import main as study_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +93,32 @@ def test_merging_two_out_folders_gives_the_same_report(study, tmp_path):
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert merged == json.loads((out / "report" / "results.json").read_text())
     assert (tmp_path / "merged" / "summary.md").read_text() == (out / "report" / "summary.md").read_text()
+
+
+def test_only_selects_runs_and_bad_items_fail(tmp_path):
+    study = load_study(write_study(tmp_path / "three.yaml", ARMS))
+    assert [(a["name"], s) for a, s in selected(study, ["cog:1", "qknorm"])] == [("cog", 1), ("qknorm", 0),
+                                                                                   ("qknorm", 1)]
+    assert len(selected(study)) == 6
+    for bad in ("nosuch", "cog:x"):
+        with pytest.raises(ConfigError, match="--only"):
+            selected(study, [bad])
+    assert study_main(["run", str(tmp_path / "three.yaml"), "--out", str(tmp_path / "o"), "--only", "nope"]) == 2
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_gpu_slots_evaluate_each_run_in_its_own_process(study, tmp_path, monkeypatch):
+    """With GPU slots, a run is scored by ``python -m cogdiff.study evaluate`` as soon as it has trained (here the
+    slot's device is the CPU), and a later call finds it scored."""
+    _, out = study
+    one = tmp_path / "out"
+    shutil.copytree(out / "stats", one / "stats")
+    monkeypatch.setattr("cogdiff.workflows.study.visible_gpus", lambda: ["0"])
+    three = write_study(tmp_path / "three.yaml", ARMS)
+    assert study_main(["run", str(three), "--out", str(one), "--only", "qknorm:0"]) == 0
+    rec = json.loads((one / "runs" / "qknorm" / "seed0" / "eval" / "compare.json").read_text())
+    assert rec["steps_trained"] == 4 and rec["eval_s"] > 0 and {r["model"] for r in rec["results"]} == {"ema", "raw"}
+    assert "qknorm seed 0: scored" in (one / "logs" / "qknorm_seed0.log").read_text()  # by the subprocess
+    assert list((one / "runs").glob("*/seed*")) == [one / "runs" / "qknorm" / "seed0"]
+    assert study_main(["evaluate", str(one), "qknorm", "0"]) == 0  # already scored: nothing to do
+    assert json.loads((one / "runs" / "qknorm" / "seed0" / "eval" / "compare.json").read_text()) == rec

@@ -22,7 +22,9 @@ A study file::
 OUT holds ``stats/ref.npz``, ``floor.json``, ``runs/<arm>/seed<s>/`` (a training run folder, see
 :mod:`cogdiff.rundir`, plus ``eval/compare.json``: EMA and raw weights scored with the same image seeds for every
 arm) and ``logs/``. Re-running continues interrupted runs and skips finished ones; arms or seeds added to the
-file later run alone. With GPUs visible, runs go one per GPU side by side; otherwise one after the other.
+file later run alone. With GPUs visible, runs go one per GPU side by side, each evaluated on its GPU as soon as it
+has trained; otherwise one after the other. ``--only A0_cog:0 --only A1_qknorm_cog`` limits a call to some runs
+(arm name, optionally ``:seed``), e.g. to split a study over machines or sittings.
 """
 
 from __future__ import annotations
@@ -106,10 +108,25 @@ def is_trained(run: RunDir, steps: int) -> bool:
     return run.has_pipeline() and bool(rows) and rows[-1]["step"] >= steps
 
 
-def pending(study: dict, out) -> List[tuple]:
+def selected(study: dict, only=()) -> List[tuple]:
+    """(arm, seed) pairs of the study in its order, limited to ``only`` (``NAME`` or ``NAME:SEED`` items)."""
+    pairs = [(a, s) for a in study["arms"] for s in a["seeds"]]
+    if not only:
+        return pairs
+    names = {a["name"] for a in study["arms"]}
+    wanted = set()
+    for item in only:
+        name, _, seed = item.partition(":")
+        if name not in names or (seed and not seed.lstrip("-").isdigit()):
+            raise ConfigError(f"--only {item!r}: use ARM or ARM:SEED with ARM one of {sorted(names)}")
+        wanted.add((name, int(seed) if seed else None))
+    return [(a, s) for a, s in pairs if (a["name"], s) in wanted or (a["name"], None) in wanted]
+
+
+def pending(study: dict, out, only=()) -> List[tuple]:
     """(arm, seed) pairs whose training has not reached the protocol's steps."""
     steps = study["protocol"]["steps"]
-    return [(a, s) for a in study["arms"] for s in a["seeds"] if not is_trained(run_dir(out, a["name"], s), steps)]
+    return [(a, s) for a, s in selected(study, only) if not is_trained(run_dir(out, a["name"], s), steps)]
 
 
 def visible_gpus() -> List[str]:
@@ -120,39 +137,58 @@ def visible_gpus() -> List[str]:
     return (listed or [str(i) for i in range(n)])[:n]
 
 
-def _launch(study: dict, arm: dict, seed: int, data, out, gpu: Optional[str], ref=None) -> subprocess.Popen:
-    run = run_dir(out, arm["name"], seed)
-    log = Path(out) / "logs" / f"{arm['name']}_seed{seed}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+def _popen(cmd: List[str], log: Path, gpu: Optional[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", study["base"],
-           f"train.output_dir={run.path}", *run_overrides(study, arm, seed, data, ref)]
-    print(f"[{time.strftime('%H:%M:%S')}] train {arm['name']} seed {seed}{f' on GPU {gpu}' if gpu else ''} "
-          f"-> {log}", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def train_all(study: dict, data, out, ref: Optional[str] = None) -> None:
-    """Train every pending (arm, seed): one per visible GPU side by side, else one after the other."""
-    todo = pending(study, out)
+def _log(out, arm: str, seed: int) -> Path:
+    return Path(out) / "logs" / f"{arm}_seed{seed}.log"
+
+
+def _launch(study: dict, arm: dict, seed: int, data, out, gpu: Optional[str], ref=None) -> subprocess.Popen:
+    run = run_dir(out, arm["name"], seed)
+    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", study["base"],
+           f"train.output_dir={run.path}", *run_overrides(study, arm, seed, data, ref)]
+    print(f"[{time.strftime('%H:%M:%S')}] train {arm['name']} seed {seed}{f' on GPU {gpu}' if gpu else ''} "
+          f"-> {_log(out, arm['name'], seed)}", flush=True)
+    return _popen(cmd, _log(out, arm["name"], seed), gpu)
+
+
+def _launch_eval(arm: str, seed: int, out, gpu: str) -> subprocess.Popen:
+    print(f"[{time.strftime('%H:%M:%S')}] evaluate {arm} seed {seed} on GPU {gpu}", flush=True)
+    cmd = [sys.executable, "-m", "cogdiff.study", "evaluate", str(out), arm, str(seed)]
+    return _popen(cmd, _log(out, arm, seed), gpu)
+
+
+def train_all(study: dict, data, out, ref: Optional[str] = None, only=(), device=None) -> None:
+    """Train every pending (arm, seed): one per visible GPU side by side, each evaluated on its GPU once trained
+    (in a subprocess, so the other GPUs keep training); without GPUs one after the other, evaluated here."""
+    todo = pending(study, out, only)
     gpus = visible_gpus()
     slots: Dict[Optional[str], Optional[tuple]] = {g: None for g in (gpus or [None])}
     failed = []
     while todo or any(slots.values()):
         for g, job in slots.items():
             if job is not None and job[0].poll() is not None:
-                if job[0].returncode != 0:
-                    failed.append(f"{job[1]} seed {job[2]} (exit {job[0].returncode}, see {out}/logs)")
+                proc, arm, seed, phase = job
                 slots[g] = None
+                if proc.returncode != 0:
+                    failed.append(f"{phase} {arm} seed {seed} (exit {proc.returncode}, see {_log(out, arm, seed)})")
+                elif phase == "train" and ref is not None and g is not None:
+                    slots[g] = (_launch_eval(arm, seed, out, g), arm, seed, "evaluate")
+                elif phase == "train" and ref is not None:
+                    evaluate_run(study, out, arm, seed, ref, device)
             if slots[g] is None and todo:
                 arm, seed = todo.pop(0)
-                slots[g] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed)
+                slots[g] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed, "train")
         time.sleep(0.2)
     if failed:
-        raise RuntimeError(f"training failed: {'; '.join(failed)}")
+        raise RuntimeError(f"failed: {'; '.join(failed)}")
 
 
 def ensure_ref(study: dict, data, out, device=None) -> str:
@@ -186,21 +222,41 @@ def score_floor(study: dict, data, out, ref: str, device=None) -> Optional[dict]
     return scores
 
 
-def evaluate(study: dict, out, ref: str, device=None, progress: bool = False) -> None:
-    """EMA and raw weights of every trained run not yet scored at its steps, same image seeds for all arms."""
+def evaluate_run(study: dict, out, arm: str, seed: int, ref: str, device=None, progress: bool = False) -> bool:
+    """Score one trained run's EMA and raw weights (same image seeds for every arm) into ``eval/compare.json``,
+    unless already scored at the protocol's steps and number of images. Returns whether it scored now."""
     p = study["protocol"]
-    for arm in study["arms"]:
-        for seed in arm["seeds"]:
-            run = run_dir(out, arm["name"], seed)
-            dest = run.path / "eval"
-            done = read_json(dest / "compare.json")
-            if done and done.get("steps_trained") == p["steps"] and done["protocol"]["num_images"] == p["final_n"]:
-                continue
-            rec = compare([str(run.path), f"{run.path}@raw"], ref, str(dest), labels=["ema", "raw"],
-                          num_images=p["final_n"], scheduler=p["scheduler"], steps=p["sample_steps"],
-                          batch_size=p["eval_batch"], seed=0, device=device, grid_images=p["grid_images"],
-                          progress=progress, bf16=p["eval_bf16"])
-            atomic_write_json(dest / "compare.json", {**rec, "steps_trained": p["steps"]})
+    run = run_dir(out, arm, seed)
+    dest = run.path / "eval"
+    done = read_json(dest / "compare.json")
+    if done and done.get("steps_trained") == p["steps"] and done["protocol"]["num_images"] == p["final_n"]:
+        return False
+    t0 = time.perf_counter()
+    rec = compare([str(run.path), f"{run.path}@raw"], ref, str(dest), labels=["ema", "raw"],
+                  num_images=p["final_n"], scheduler=p["scheduler"], steps=p["sample_steps"],
+                  batch_size=p["eval_batch"], seed=0, device=device, grid_images=p["grid_images"],
+                  progress=progress, bf16=p["eval_bf16"])
+    atomic_write_json(dest / "compare.json", {**rec, "steps_trained": p["steps"],
+                                              "eval_s": round(time.perf_counter() - t0, 1)})
+    return True
+
+
+def evaluate(study: dict, out, ref: str, device=None, progress: bool = False, only=()) -> None:
+    """Every trained run (of ``only``, if given) not yet scored at its steps; see :func:`evaluate_run`."""
+    for arm, seed in selected(study, only):
+        if is_trained(run_dir(out, arm["name"], seed), study["protocol"]["steps"]):
+            evaluate_run(study, out, arm["name"], seed, ref, device, progress)
+
+
+def evaluate_cli(out, arm: str, seed: int, device=None, progress: bool = False) -> bool:
+    """``python -m cogdiff.study evaluate OUT ARM SEED``: score one run of a study folder made by ``run``."""
+    study = load_study(Path(out) / "study.yaml")
+    ref = Path(out) / "stats" / "ref.npz"
+    if not ref.is_file():
+        raise FileNotFoundError(f"{ref} not found: run python -m cogdiff.study run first (it builds the reference)")
+    if not is_trained(run_dir(out, arm, seed), study["protocol"]["steps"]):
+        raise ValueError(f"{run_dir(out, arm, seed).path} has not trained {study['protocol']['steps']} steps yet")
+    return evaluate_run(study, out, arm, seed, str(ref), device, progress)
 
 
 def read_json(path) -> Optional[dict]:
@@ -222,19 +278,22 @@ def apply_settings(study: dict, overrides=(), protocol=()) -> dict:
     return study
 
 
-def run_study(study_file, data, out, device=None, progress: bool = False, overrides=(), protocol=()) -> Path:
+def run_study(study_file, data, out, device=None, progress: bool = False, overrides=(), protocol=(),
+              only=()) -> Path:
     """Train, evaluate and report a study (see the module docstring); returns OUT/report. ``overrides`` and
-    ``protocol`` (key=value lists) change the study file's settings for this call (see :func:`apply_settings`)."""
+    ``protocol`` (key=value lists) change the study file's settings for this call (see :func:`apply_settings`);
+    ``only`` limits it to some runs (see :func:`selected`)."""
     from .study_report import study_report
 
     study = apply_settings(load_study(study_file), overrides, protocol)
+    selected(study, only)  # a bad --only fails before anything runs
     os.makedirs(out, exist_ok=True)
     atomic_write_text(Path(out) / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     ref = ensure_ref(study, data, out, device)
     score_floor(study, data, out, ref, device)
-    train_all(study, data, out, ref)
-    evaluate(study, out, ref, device, progress)
+    train_all(study, data, out, ref, only, device)
+    evaluate(study, out, ref, device, progress, only)
     return study_report([out], study=study)
 
 
-__all__ = ["load_study", "run_study", "pending", "read_jsonl"]
+__all__ = ["load_study", "run_study", "pending", "selected", "evaluate_cli", "read_jsonl"]

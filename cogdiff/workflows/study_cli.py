@@ -1,4 +1,5 @@
-"""``python -m cogdiff.study run STUDY.yaml --data PATH --out OUT`` and ``... report OUT [OUT2 ...]``."""
+"""``python -m cogdiff.study run STUDY.yaml --data PATH --out OUT``, ``... evaluate OUT ARM SEED`` and
+``... report OUT [OUT2 ...]``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action="store_true", help="progress bars during evaluation")
     run.add_argument("--protocol", action="append", default=[], metavar="KEY=VALUE",
                      help="change a protocol setting, e.g. --protocol steps=2000 (repeatable)")
+    run.add_argument("--only", action="append", default=[], metavar="ARM[:SEED]",
+                     help="run only this arm (or this arm's seed); repeatable, e.g. --only A0_cog:0")
     run.add_argument("overrides", nargs="*", help="section.key=value for every arm, e.g. train.compile=false")
+    ev = sub.add_parser("evaluate", help="score one trained run of OUT (what run does after each run trains)")
+    ev.add_argument("out")
+    ev.add_argument("arm")
+    ev.add_argument("seed", type=int)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--progress", action="store_true")
     rep = sub.add_parser("report", help="merge OUT folders (e.g. from several machines) into OUT/report/")
     rep.add_argument("outs", nargs="+")
     rep.add_argument("--dest", default=None, help="report folder (default: the first OUT's report/)")
@@ -31,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> None:
     if args.cmd == "run":
         dest = study.run_study(args.study, args.data, args.out, args.device, args.progress,
-                               args.overrides, args.protocol)
+                               args.overrides, args.protocol, args.only)
+    elif args.cmd == "evaluate":
+        scored = study.evaluate_cli(args.out, args.arm, args.seed, args.device, args.progress)
+        print(f"{args.arm} seed {args.seed}: {'scored' if scored else 'already scored'} "
+              f"({study.run_dir(args.out, args.arm, args.seed).path / 'eval' / 'compare.json'})")
+        return
     else:
         dest = study_report(args.outs, dest=args.dest)
     print((dest / "summary.md").read_text(), end="")

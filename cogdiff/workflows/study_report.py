@@ -41,6 +41,9 @@ def run_record(run: RunDir) -> dict:
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
     out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
+    if len(rows) > 1 and "time" in rows[0]:  # wall time of training from the first to the last logged step
+        out["train_min"] = round((rows[-1]["time"] - rows[0]["time"]) / 60, 2)
+    out["eval_min"] = round(rec["eval_s"] / 60, 2) if "eval_s" in rec else None
     out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"))
     return out
 

@@ -384,7 +384,7 @@ class Hooks:
         row = {"step": done, "loss": torch.cat(self.window).mean().item(), "lr": self.t.lr_schedule.get_last_lr()[0],
                "grad_norm": float(grad_norm),
                "images_per_s": (done - self.step_last) * self.t.cfg.train.batch_size
-               / max(now - self.t_last - self.paused, 1e-9)}
+               / max(now - self.t_last - self.paused, 1e-9), "time": round(time.time(), 2)}
         mem = gpu_memory_gb(self.t.device)
         if mem is not None:
             row["gpu_mem_gb"] = mem
