@@ -355,7 +355,8 @@ class Hooks:
             self.log_row(done, grad_norm)
         t_pause = time.perf_counter()
         if do_diag and self.t.is_main:
-            self.log.diagnostics(diagnostics_row(done, self.t.raw, self.t.ema.model, self.probe))
+            row = diagnostics_row(done, self.t.raw, self.t.ema.model, self.probe)
+            self.log.diagnostics({**row, "seconds": round(time.perf_counter() - t_pause, 3)})
         if do_sample and self.t.is_main:
             self.sample_grid(done)
         if do_fid:
