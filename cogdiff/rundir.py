@@ -126,15 +126,17 @@ def refuse_changed(changes: List[str], where, fix: str, error: Callable[[str], E
 
 def git_commit(path=None) -> str:
     """HEAD of the repository holding ``path`` (default: this package) + '-dirty' if tracked files changed;
-    'unknown' outside git (e.g. an installed package)."""
+    outside git (an installed package, a copied tree) ``$COGDIFF_COMMIT`` if set, else 'unknown'."""
     here = os.fspath(path) if path is not None else os.path.dirname(os.path.abspath(__file__))
     try:
         git = dict(cwd=here, capture_output=True, text=True, timeout=10)
         head = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("-dirty" if dirty else "")) if head else "unknown"
+        head = ""
+    if not head:
+        return os.environ.get("COGDIFF_COMMIT") or "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def package_versions() -> Dict[str, str]:
