@@ -115,7 +115,8 @@ def test_gpu_slots_evaluate_each_run_in_its_own_process(study, tmp_path, monkeyp
     shutil.copytree(out / "stats", one / "stats")
     monkeypatch.setattr("cogdiff.workflows.study.visible_gpus", lambda: ["0"])
     three = write_study(tmp_path / "three.yaml", ARMS)
-    assert study_main(["run", str(three), "--out", str(one), "--only", "qknorm:0"]) == 0
+    assert study_main(["run", str(three), "--out", str(one), "--only", "qknorm:0", "--per-gpu", "0"]) == 2
+    assert study_main(["run", str(three), "--out", str(one), "--only", "qknorm:0", "--per-gpu", "2"]) == 0
     rec = json.loads((one / "runs" / "qknorm" / "seed0" / "eval" / "compare.json").read_text())
     assert rec["steps_trained"] == 4 and rec["eval_s"] > 0 and {r["model"] for r in rec["results"]} == {"ema", "raw"}
     assert "qknorm seed 0: scored" in (one / "logs" / "qknorm_seed0.log").read_text()  # by the subprocess

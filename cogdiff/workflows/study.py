@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import yaml
 
@@ -165,27 +165,28 @@ def _launch_eval(arm: str, seed: int, out, gpu: str) -> subprocess.Popen:
     return _popen(cmd, _log(out, arm, seed), gpu)
 
 
-def train_all(study: dict, data, out, ref: Optional[str] = None, only=(), device=None) -> None:
-    """Train every pending (arm, seed): one per visible GPU side by side, each evaluated on its GPU once trained
-    (in a subprocess, so the other GPUs keep training); without GPUs one after the other, evaluated here."""
+def train_all(study: dict, data, out, ref: Optional[str] = None, only=(), device=None, per_gpu: int = 1) -> None:
+    """Train every pending (arm, seed): ``per_gpu`` at a time on each visible GPU, each evaluated on its GPU once
+    trained (in a subprocess, so the others keep training); without GPUs one after the other, evaluated here."""
     todo = pending(study, out, only)
-    gpus = visible_gpus()
-    slots: Dict[Optional[str], Optional[tuple]] = {g: None for g in (gpus or [None])}
+    gpus = [g for g in visible_gpus() for _ in range(per_gpu)]
+    slots: List[Optional[tuple]] = [None] * max(len(gpus), 1)
     failed = []
-    while todo or any(slots.values()):
-        for g, job in slots.items():
+    while todo or any(slots):
+        for i, job in enumerate(slots):
+            g = gpus[i] if gpus else None
             if job is not None and job[0].poll() is not None:
                 proc, arm, seed, phase = job
-                slots[g] = None
+                slots[i] = None
                 if proc.returncode != 0:
                     failed.append(f"{phase} {arm} seed {seed} (exit {proc.returncode}, see {_log(out, arm, seed)})")
                 elif phase == "train" and ref is not None and g is not None:
-                    slots[g] = (_launch_eval(arm, seed, out, g), arm, seed, "evaluate")
+                    slots[i] = (_launch_eval(arm, seed, out, g), arm, seed, "evaluate")
                 elif phase == "train" and ref is not None:
                     evaluate_run(study, out, arm, seed, ref, device)
-            if slots[g] is None and todo:
+            if slots[i] is None and todo:
                 arm, seed = todo.pop(0)
-                slots[g] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed, "train")
+                slots[i] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed, "train")
         time.sleep(0.2)
     if failed:
         raise RuntimeError(f"failed: {'; '.join(failed)}")
@@ -279,19 +280,22 @@ def apply_settings(study: dict, overrides=(), protocol=()) -> dict:
 
 
 def run_study(study_file, data, out, device=None, progress: bool = False, overrides=(), protocol=(),
-              only=()) -> Path:
+              only=(), per_gpu: int = 1) -> Path:
     """Train, evaluate and report a study (see the module docstring); returns OUT/report. ``overrides`` and
     ``protocol`` (key=value lists) change the study file's settings for this call (see :func:`apply_settings`);
-    ``only`` limits it to some runs (see :func:`selected`)."""
+    ``only`` limits it to some runs (see :func:`selected`); ``per_gpu`` runs share each GPU (small models whose
+    step leaves the GPU idle part of the time)."""
     from .study_report import study_report
 
+    if per_gpu < 1:
+        raise ConfigError(f"--per-gpu must be at least 1, got {per_gpu}")
     study = apply_settings(load_study(study_file), overrides, protocol)
     selected(study, only)  # a bad --only fails before anything runs
     os.makedirs(out, exist_ok=True)
     atomic_write_text(Path(out) / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     ref = ensure_ref(study, data, out, device)
     score_floor(study, data, out, ref, device)
-    train_all(study, data, out, ref, only, device)
+    train_all(study, data, out, ref, only, device, per_gpu)
     evaluate(study, out, ref, device, progress, only)
     return study_report([out], study=study)
 

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="change a protocol setting, e.g. --protocol steps=2000 (repeatable)")
     run.add_argument("--only", action="append", default=[], metavar="ARM[:SEED]",
                      help="run only this arm (or this arm's seed); repeatable, e.g. --only A0_cog:0")
+    run.add_argument("--per-gpu", type=int, default=1, metavar="N",
+                     help="runs side by side on each GPU (default 1)")
     run.add_argument("overrides", nargs="*", help="section.key=value for every arm, e.g. train.compile=false")
     ev = sub.add_parser("evaluate", help="score one trained run of OUT (what run does after each run trains)")
     ev.add_argument("out")
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> None:
     if args.cmd == "run":
         dest = study.run_study(args.study, args.data, args.out, args.device, args.progress,
-                               args.overrides, args.protocol, args.only)
+                               args.overrides, args.protocol, args.only, args.per_gpu)
     elif args.cmd == "evaluate":
         scored = study.evaluate_cli(args.out, args.arm, args.seed, args.device, args.progress)
         print(f"{args.arm} seed {args.seed}: {'scored' if scored else 'already scored'} "
