@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_save_npy, atomic_write_text, sha256_file
+from ..rundir import changed_settings, refuse_changed
 from . import store
 from .images import CroppedImages, class_to_index, scan_image_folder
 
@@ -126,13 +127,11 @@ def _check_resume(out_dir: str, manifest: Dict[str, Any]) -> Optional[Dict[str, 
     old = store.read_manifest(out_dir)
     if old is None:
         return None
-    strip = lambda m: {k: v for k, v in m.items() if k not in VOLATILE_KEYS}  # noqa: E731
-    changed = store.diff_plans(strip(old), strip(manifest))
-    if changed:
-        raise ValueError(
-            f"{out_dir!r} holds an extraction with different settings ({', '.join(changed)}): "
-            "resume with the original settings or choose a new --out directory"
-        )
+    keys = sorted((set(old) | set(manifest)) - set(VOLATILE_KEYS))
+    # Key names only: values such as the class list or the shard table are too long for a one-line error.
+    changed = [k for k in keys if changed_settings(old, manifest, [k])]
+    refuse_changed(changed, os.path.join(out_dir, store.MANIFEST),
+                   "resume with the original settings or choose a new --out directory")
     return old
 
 
