@@ -74,14 +74,14 @@ IMPLS = {
 }
 
 
-def make_inputs(b, h, l, d, dtype=torch.bfloat16, grad=True, layout="blhd"):
+def make_inputs(b, h, n, d, dtype=torch.bfloat16, grad=True, layout="blhd"):
     """q, k, v leaves (and dO) of shape (B, H, L, D) in the given memory layout."""
 
     def t():
         if layout == "blhd":
-            x = torch.randn(b, l, h, d, device="cuda", dtype=dtype).transpose(1, 2)
+            x = torch.randn(b, n, h, d, device="cuda", dtype=dtype).transpose(1, 2)
         else:
-            x = torch.randn(b, h, l, d, device="cuda", dtype=dtype)
+            x = torch.randn(b, h, n, d, device="cuda", dtype=dtype)
         return x.requires_grad_(grad)
 
     return t(), t(), t(), t().detach()
@@ -132,8 +132,8 @@ def peak_gb(fn, q, k, v, do) -> float:
     return torch.cuda.max_memory_allocated() / 1e9
 
 
-def ref_bytes(b, h, l, d) -> int:
-    return 6 * b * h * l * l * 4  # ~ fp32 (L x L) tensors alive in the written-out fwd+bwd
+def ref_bytes(b, h, n, d) -> int:
+    return 6 * b * h * n * n * 4  # ~ fp32 (L x L) tensors alive in the written-out fwd+bwd
 
 
 def _measure(name, fn, shape, q, k, v, do) -> dict:

@@ -16,13 +16,25 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
+import diffusers
+import torch
+import torchmetrics
+from diffusers import DDPMScheduler
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # this checkout's cogdiff
+from cogdiff import UViTPipeline, uvit  # noqa: E402
+from cogdiff.io import atomic_write_text  # noqa: E402
+from cogdiff.metrics import FIDEvaluator, InceptionFeatures  # noqa: E402
+from cogdiff.metrics.stats import ensure_ref_stats  # noqa: E402
+from cogdiff.rundir import git_commit  # noqa: E402
+from cogdiff.sampling import pipeline_batches, sample_batch, use_cuda_graphs, with_scheduler  # noqa: E402
+from cogdiff.sources import iter_source  # noqa: E402
+from cogdiff.workflows.compare import device_name  # noqa: E402
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref", required=True, help="reference statistics (.npz); built from --ref-source if missing")
     ap.add_argument("--ref-source", default=None, help="image folder / .npz / dataset:... for building --ref")
@@ -42,61 +54,54 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--commit", default=None, help="commit to record where the copy has no .git (default: git rev-parse)"
     )
-    args = ap.parse_args(argv)
+    return ap
 
-    import diffusers
-    import torch
-    import torchmetrics
-    from diffusers import DDPMScheduler
 
-    from cogdiff import UViTPipeline, uvit
-    from cogdiff.metrics import FIDEvaluator, InceptionFeatures
-    from cogdiff.metrics.stats import ensure_ref_stats
-    from cogdiff.rundir import git_commit
-    from cogdiff.sampling import pipeline_batches, sample_batch, use_cuda_graphs, with_scheduler
-    from cogdiff.sources import iter_source
-    from cogdiff.workflows.compare import device_name
+def build_ref(args, device) -> float:
+    """Build the reference statistics from ``--ref-source``; returns the seconds it took."""
+    t0 = time.perf_counter()
+    extractor = InceptionFeatures(device=device)
+    ensure_ref_stats(
+        args.ref, lambda: iter_source(args.ref_source, args.inception_batch_size), extractor, source=args.ref_source
+    )
+    return time.perf_counter() - t0
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    t_ref = None
-    if not os.path.isfile(args.ref):
-        if not args.ref_source:
-            print(f"error: {args.ref} does not exist; pass --ref-source to build it", file=sys.stderr)
-            return 2
-        t0 = time.perf_counter()
-        extractor = InceptionFeatures(device=device)
-        ensure_ref_stats(
-            args.ref, lambda: iter_source(args.ref_source, args.inception_batch_size), extractor, source=args.ref_source
-        )
-        t_ref = time.perf_counter() - t0
-        del extractor
 
+def random_pipeline(args, device) -> UViTPipeline:
+    """A randomly initialised U-ViT (seed 0) in a pipeline with the chosen sampler, progress bar off."""
     torch.manual_seed(0)
     model = uvit(args.preset, attention_type=args.attention).to(device).eval()
     pipe = with_scheduler(
         UViTPipeline(model, DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")), args.scheduler
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
 
-    t0 = time.perf_counter()
-    ev = FIDEvaluator(args.ref, device=device, inception_batch_size=args.inception_batch_size)
-    warm_n = args.batch_size if use_cuda_graphs(args.cuda_graphs, device) else 8  # graphs: compile at the timed shape
+
+def warm_up(pipe, ev: FIDEvaluator, args, device) -> None:
+    """Two sampling steps (at the timed batch size under CUDA graphs, which compile per shape) and one
+    Inception call, so that the timed run pays no one-off costs."""
+    warm_n = args.batch_size if use_cuda_graphs(args.cuda_graphs, device) else 8
     sample_batch(pipe, range(warm_n), 2, seed=123, bf16=args.bf16, cuda_graphs=args.cuda_graphs)
     ev.features(torch.zeros(8, 32, 32, 3, dtype=torch.uint8))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t_warm = time.perf_counter() - t0
 
+
+def timed_run(pipe, ev: FIDEvaluator, args) -> tuple:
+    """Sample and score N images; returns (scores, seconds)."""
     t0 = time.perf_counter()
     scores = ev.score_images(
         pipeline_batches(pipe, args.num_images, args.batch_size, args.steps, seed=0, bf16=args.bf16,
                          cuda_graphs=args.cuda_graphs)
     )
-    total = time.perf_counter() - t0
-    tm = ev.last_timings
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return scores, time.perf_counter() - t0
 
-    record = dict(
+
+def make_record(args, argv, device, ev: FIDEvaluator, scores: dict, total: float, t_warm: float, t_ref) -> dict:
+    """Every number of the run, its settings and provenance (the --json file)."""
+    tm = ev.last_timings
+    return dict(
         num_images=args.num_images,
         batch_size=args.batch_size,
         steps=args.steps,
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
         warmup_s=t_warm,
         ref_build_s=t_ref,
         images_per_s=args.num_images / total,
-        peak_gpu_mem_gib=peak,
+        peak_gpu_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         scores=scores,
         ref_count=ev.ref.count,
         ref_source=ev.ref.source,
@@ -123,47 +128,70 @@ def main(argv=None) -> int:
         torchmetrics=torchmetrics.__version__,
         command="python benchmarks/sample_and_score.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
-    f = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-    md = "\n".join(
+
+
+def _s(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def markdown(r: dict, inception_batch_size: int) -> str:
+    """The results page: settings, the seconds per stage, throughput and the (meaningless) scores."""
+    scores = r["scores"]
+    return "\n".join(
         [
-            f"# Sample + score benchmark: {args.num_images} images, {record['model']}",
+            f"# Sample + score benchmark: {r['num_images']} images, {r['model']}",
             "",
-            f"{args.scheduler} {args.steps} steps, {'bf16 autocast' if args.bf16 else 'fp32'}, "
-            f"CUDA graphs {'on' if record['cuda_graphs'] else 'off'}, "
-            f"batch {args.batch_size}; "
-            f"Inception fp32 (TF32 off), batch {args.inception_batch_size}; {record['device']}; "
-            f"torch {torch.__version__}, "
-            f"diffusers {diffusers.__version__}; commit {record['commit']}.",
-            f"Reference statistics: {ev.ref.count} images from `{ev.ref.source}` "
-            f"(fingerprint {ev.ref.fingerprint[:16]}), cached.",
+            f"{r['scheduler']} {r['steps']} steps, {'bf16 autocast' if r['bf16'] else 'fp32'}, "
+            f"CUDA graphs {'on' if r['cuda_graphs'] else 'off'}, "
+            f"batch {r['batch_size']}; "
+            f"Inception fp32 (TF32 off), batch {inception_batch_size}; {r['device']}; "
+            f"torch {r['torch']}, "
+            f"diffusers {r['diffusers']}; commit {r['commit']}.",
+            f"Reference statistics: {r['ref_count']} images from `{r['ref_source']}` "
+            f"(fingerprint {r['ref_fingerprint'][:16]}), cached.",
             "",
             "| stage | seconds |",
             "|---|---|",
-            f"| sampling ({args.num_images} images) | {f(tm['source_s'])} |",
-            f"| Inception features | {f(tm['inception_s'])} |",
-            f"| FID + KID from features | {f(tm['metrics_s'])} |",
-            f"| **total (timed run)** | **{f(total)}** |",
-            f"| one-off warm-up (not in total) | {f(t_warm)} |",
-            f"| one-off reference statistics build (not in total) | {f(t_ref)} |",
+            f"| sampling ({r['num_images']} images) | {_s(r['sampling_s'])} |",
+            f"| Inception features | {_s(r['inception_s'])} |",
+            f"| FID + KID from features | {_s(r['metrics_s'])} |",
+            f"| **total (timed run)** | **{_s(r['total_s'])}** |",
+            f"| one-off warm-up (not in total) | {_s(r['warmup_s'])} |",
+            f"| one-off reference statistics build (not in total) | {_s(r['ref_build_s'])} |",
             "",
-            f"Throughput {args.num_images / total:.1f} images/s; peak GPU memory {f(peak)} GiB. "
+            f"Throughput {r['images_per_s']:.1f} images/s; peak GPU memory {_s(r['peak_gpu_mem_gib'])} GiB. "
             f"FID {scores['fid']:.1f}, KID {scores['kid_mean']:.4f}, colour {scores.get('color')} "
             "(random weights: meaningless, shown only as a check that scoring ran).",
             "",
             "Command:",
             "",
-            f"    {record['command']}",
+            f"    {r['command']}",
             "",
         ]
     )
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t_ref = None
+    if not os.path.isfile(args.ref):
+        if not args.ref_source:
+            print(f"error: {args.ref} does not exist; pass --ref-source to build it", file=sys.stderr)
+            return 2
+        t_ref = build_ref(args, device)
+    pipe = random_pipeline(args, device)
+    t0 = time.perf_counter()
+    ev = FIDEvaluator(args.ref, device=device, inception_batch_size=args.inception_batch_size)
+    warm_up(pipe, ev, args, device)
+    t_warm = time.perf_counter() - t0
+    scores, total = timed_run(pipe, ev, args)
+    record = make_record(args, argv, device, ev, scores, total, t_warm, t_ref)
+    md = markdown(record, args.inception_batch_size)
     print(md)
     for path, text in ((args.out, md), (args.json, json.dumps(record, indent=2) + "\n")):
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
     return 0
 
 

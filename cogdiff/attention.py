@@ -6,7 +6,9 @@ ignore (w ~ 0) tokens at once. ``|w|`` sums to 1 over the keys; the signed row s
 
 Everything here works on (batch, heads, tokens, head_dim) tensors. Implementations are chosen by
 name through :func:`attention` / :func:`cog_attention` (``impl=``) and a small registry, so a fused
-GPU kernel plugs in with :func:`register_cog_impl` without import-time global switches.
+GPU kernel plugs in with :func:`register_cog_impl` without import-time global switches. The
+implementations live below this front end in :mod:`cogdiff.kernels` (the written-out reference, re-exported
+here, and the optional Triton kernel, registered here on first use); they never import this module.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from .kernels.reference import cog_attention_reference, mask_fits
 
 ATTENTION_TYPES = ("softmax", "cog")
 
@@ -68,16 +72,17 @@ _optional_impls_loaded = False
 
 def _load_optional_impls() -> None:
     """Import optional kernels once, on first use (never at package import), so a missing Triton or
-    GPU never breaks the pure-PyTorch path. The kernel module registers itself via register_cog_impl.
+    GPU never breaks the pure-PyTorch path, and register them here: the kernels never import this module.
     (A plain flag rather than functools.lru_cache, which torch.compile warns about when tracing.)"""
     global _optional_impls_loaded
     if _optional_impls_loaded:
         return
     _optional_impls_loaded = True
     try:
-        from .kernels import cog_triton  # noqa: F401
+        from .kernels import cog_triton
     except ImportError:  # Triton absent: the reference path remains
-        pass
+        return
+    register_cog_impl("triton", cog_triton.triton_impl, cog_triton.supports, checked_fn=cog_triton.auto_impl)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -106,12 +111,6 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"k and v have 0 tokens (k{tuple(k.shape)}): attention needs at least one key token")
 
 
-def mask_fits(mask_shape, q_shape, k_shape) -> bool:
-    """Does a mask of ``mask_shape`` broadcast to (batch, heads, Lq, Lk)? (shape tuples only)."""
-    target = (q_shape[0], q_shape[1], q_shape[2], k_shape[2])
-    return len(mask_shape) <= 4 and all(m in (1, t) for m, t in zip(reversed(mask_shape), reversed(target)))
-
-
 def _check_mask(attn_mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, boolean: bool) -> None:
     if attn_mask is None:
         return
@@ -126,36 +125,6 @@ def _check_mask(attn_mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Ten
             f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (batch, heads, Lq, Lk) = "
             f"{(*q.shape[:3], k.shape[2])}; use (B, 1, 1, Lk) for key padding or (B, H, Lq, Lk)"
         )
-
-
-def cog_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
-    scale: Optional[float] = None,
-) -> torch.Tensor:
-    """Cog Attention written out (materialises the tokens x tokens weights), float32 softmax."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out_dtype = torch.promote_types(q.dtype, v.dtype)
-    with torch.autocast(q.device.type, enabled=False):
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        s = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
-        sign = torch.sign(s).detach()  # sign() has zero gradient; gradients flow through |s|
-        a = s.abs()
-        if attn_mask is not None:
-            a = a.masked_fill(~attn_mask, float("-inf"))
-        # max over the row; a fully masked row has max -inf -> use 0 to avoid inf - inf = NaN
-        m = a.amax(dim=-1, keepdim=True).detach()
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        e = torch.exp(a - m)  # masked -> exp(-inf) = 0
-        denom = e.sum(dim=-1, keepdim=True)
-        w = sign * e / denom.clamp_min(torch.finfo(acc).tiny)  # fully masked row -> 0 / tiny = 0
-        if dropout_p > 0.0:
-            w = F.dropout(w, p=dropout_p)
-        out = torch.matmul(w, v.to(acc))  # (B, H, Lq, D)
-    return out.to(out_dtype)
 
 
 register_cog_impl("reference", cog_attention_reference)
@@ -256,7 +225,9 @@ class CogAttnProcessor:
     def __init__(self, impl: str = "auto"):
         self.impl = impl
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)

@@ -138,7 +138,8 @@ def test_weight_flips_sign_across_zero_score():
     # sign() has zero gradient and the weight jumps from -w to +w as a score crosses 0.
     k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
     v = torch.eye(2, dtype=torch.float64).view(1, 1, 2, 2)
-    outs = [cog_attention(torch.tensor([[[[eps, 2.0]]]], dtype=torch.float64), k, v, scale=1.0) for eps in (-1e-6, 1e-6)]
+    qs = [torch.tensor([[[[eps, 2.0]]]], dtype=torch.float64) for eps in (-1e-6, 1e-6)]
+    outs = [cog_attention(q, k, v, scale=1.0) for q in qs]
     assert outs[0][..., 0].item() < 0 < outs[1][..., 0].item()
     torch.testing.assert_close(outs[0][..., 0].abs(), outs[1][..., 0].abs(), rtol=1e-5, atol=0)
 

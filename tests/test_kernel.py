@@ -97,7 +97,8 @@ _INTERP_SCRIPT = textwrap.dedent(
         ref.backward(do.double())
         errs = [rel(out, ref)] + [rel(x.grad, y.grad) for x, y in zip((q, k, v), r)]
         ok = all(math.isfinite(e) and e < tol for e in errs)
-        print(f"{name:28s} out {errs[0]:.1e} dq {errs[1]:.1e} dk {errs[2]:.1e} dv {errs[3]:.1e}", "ok" if ok else "FAIL")
+        errs_text = f"out {errs[0]:.1e} dq {errs[1]:.1e} dk {errs[2]:.1e} dv {errs[3]:.1e}"
+        print(f"{name:28s} {errs_text}", "ok" if ok else "FAIL")
         return ok
 
     B, H = 1, 2
@@ -207,21 +208,21 @@ def test_gpu_matches_float64(dtype, d, lq, lk):
 @pytest.mark.gpu
 @pytest.mark.parametrize("regime", ["near_zero", "large", "key_padding", "full_mask", "scale"])
 def test_gpu_regimes(regime):
-    b, h, l, d = 2, 4, 258, 64
+    b, h, n, d = 2, 4, 258, 64
     kw = {}
     if regime == "near_zero":
         kw["qs"] = 1e-2
     elif regime == "large":
         kw["qs"] = 3.0
     elif regime == "key_padding":
-        kw["mask"] = torch.rand(b, 1, 1, l, device="cuda") > 0.3
+        kw["mask"] = torch.rand(b, 1, 1, n, device="cuda") > 0.3
     elif regime == "full_mask":
-        m = torch.rand(b, h, l, l, device="cuda") > 0.5
+        m = torch.rand(b, h, n, n, device="cuda") > 0.5
         m[0, 0, 7] = False
         kw["mask"] = m
     else:
         kw["scale"] = 0.05
-    errs = _gpu_case(b, h, l, l, d, torch.bfloat16, **kw)
+    errs = _gpu_case(b, h, n, n, d, torch.bfloat16, **kw)
     assert all(math.isfinite(e) and e < 3e-2 for e in errs), errs
 
 

@@ -147,7 +147,7 @@ def test_interrupted_extraction_resumes_to_identical_shards(full, image_dir, vae
 
 def test_resume_with_other_settings_is_refused(full, image_dir, vae_dir):
     out, _ = full
-    with pytest.raises(ValueError, match=r"different settings \(encode\).*new --out"):
+    with pytest.raises(ValueError, match=r"cannot resume: encode differ from .*manifest\.json; .*new --out"):
         run(image_dir, out, vae_dir, batch_size=4)
 
 

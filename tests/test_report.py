@@ -1,4 +1,5 @@
-"""cogdiff.report (numbers from run logs) and scripts/cifar10_comparison.sh end to end on a tiny fake CIFAR-10."""
+"""python -m cogdiff.report (the study report), paired_loss, and scripts/cifar10_comparison.sh end to end on a tiny
+fake CIFAR-10."""
 
 import json
 import os
@@ -11,7 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from cogdiff.analysis.paired import paired_loss
+from cogdiff.report import paired_loss as old_paired_loss
 from cogdiff.workflows import report as rp
+from cogdiff.workflows.study_report import study_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,95 +25,69 @@ def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _compare(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    protocol = dict(sampler="dpm++", steps=50, num_images=100, seed=0, bf16=True, ref_count=500, ref_source="dataset:x",
-                    inception_score_note="no logits")
-    path.write_text(
-        json.dumps(dict(protocol=protocol, device="TestGPU", command="python -m cogdiff.compare ...", results=rows))
-    )
+LOSSES = {"softmax": [0.50, 0.40, 0.30, 0.20], "cog": [0.45, 0.41, 0.33, 0.21]}
 
 
-def fake_out(tmp_path):
-    """An OUT folder as the comparison script leaves it, with hand-made numbers."""
-    out = tmp_path / "out"
-    losses = {"softmax": [0.50, 0.40, 0.30, 0.20], "cog": [0.45, 0.41, 0.33, 0.21]}
-    rates = {"softmax": [100.0, 300.0, 200.0, 400.0], "cog": [90.0, 150.0, 250.0, 350.0]}
-    for name in ("softmax", "cog"):
-        run = out / "runs" / name
-        _jsonl(run / "metrics.jsonl", [dict(step=500 * (i + 1), loss=loss, images_per_s=r, gpu_mem_gb=1.0 + i)
-                                       for i, (loss, r) in enumerate(zip(losses[name], rates[name]))])
-        _jsonl(
-            run / "fid.jsonl",
-            [
-                dict(step=1000, fid=80.0, kid_mean=0.05, kid_std=0.01, num_images=20),
-                dict(step=2000, fid=60.0 if name == "softmax" else 70.0, kid_mean=0.04, kid_std=0.01, num_images=20),
-            ],
-        )
-        cfg = dict(model=dict(preset="S/2", attention_type=name), data=dict(kind="cifar10"), train=dict(steps=2000))
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-        (run / "samples").mkdir()
-        Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(run / "samples" / "step_0002000.png")
-    def score(label, fid):
-        return dict(
-            model=label, fid=fid, kid_mean=0.03, kid_std=0.002, num_images=100, sample_s=5.0, total_s=6.0
-        )
-    _compare(out / "compare_ema" / "compare.json", [score("softmax", 40.0), score("cog", 55.0)])
-    _compare(out / "compare_raw" / "compare.json", [score("softmax@raw", 38.0), score("cog@raw", 59.0)])
-    (out / "test_split_fid.json").write_text(json.dumps(dict(fid=3.2, kid_mean=0.0, num_images=100)))
-    return out
+def _loss_rows(losses):
+    return [dict(step=500 * (i + 1), loss=loss) for i, loss in enumerate(losses)]
 
 
-def test_report_numbers(tmp_path):
-    out, dest = fake_out(tmp_path), tmp_path / "dest"
-    rec = rp.report(str(out), str(dest), commit="abc123")
-    assert list(rec["models"]) == ["softmax", "cog"]  # the baseline first
-    sm, cog = rec["models"]["softmax"], rec["models"]["cog"]
-    assert sm["training"]["images_per_s_median"] == 300.0  # the first (compile) window is left out
-    assert cog["training"]["images_per_s_median"] == 250.0
-    assert sm["training"]["final_loss"] == pytest.approx(0.25)  # windows after step 2000 - 1000: 0.30, 0.20
-    assert sm["training"]["peak_gpu_mem_gb"] == 4.0
-    assert (sm["ema"]["fid"], sm["raw"]["fid"], cog["ema"]["fid"], cog["raw"]["fid"]) == (40.0, 38.0, 55.0, 59.0)
-    pl = rec["paired_loss"]["cog"]  # after step 0.4 * 2000 = 800: windows 1000, 1500, 2000 differ by .01, .03, .01
-    assert pl["windows"] == 3 and pl["mean_diff"] == pytest.approx(0.05 / 3) and pl["share_higher"] == 1.0
+def test_paired_loss_numbers():
+    base, other = _loss_rows(LOSSES["softmax"]), _loss_rows(LOSSES["cog"])
+    pl = paired_loss(base, other, 800)  # windows 1000, 1500, 2000 differ by .01, .03, .01
+    assert pl["windows"] == 3 and pl["from_step"] == 800 and pl["share_higher"] == 1.0
+    assert pl["mean_diff"] == pytest.approx(0.05 / 3)
+    assert pl["rel_mean_diff"] == pytest.approx((0.05 / 3) / 0.30)  # base windows 0.40, 0.30, 0.20
     assert pl["sd_diff"] == pytest.approx(np.std([0.01, 0.03, 0.01], ddof=1))
     # lag-1 autocorrelation of (-1/3, 2/3, -1/3) * 0.02 around the mean: (-2/9 - 2/9) / (6/9) = -2/3
     assert pl["lag1_autocorr"] == pytest.approx(-2 / 3)
-    assert rec["gpu"] == "TestGPU" and rec["commit"] == "abc123" and rec["title"].startswith("cifar10, 2000 steps")
-    md = (dest / "summary.md").read_text()
-    assert "| cog | cog | 2000 | 55.00 |" in md and "| 2000 | 60.00 | 70.00 |" in md and "= 3.20" in md
-    assert json.loads((dest / "results.json").read_text())["models"]["cog"]["raw"]["fid"] == 59.0
-    assert Image.open(dest / "samples.png").size == (30 + 8 + 30, 20 + 16)
-    for f in ("curves.png", "softmax_metrics.jsonl", "cog_fid.jsonl", "compare_ema_compare.json",
-              "test_split_fid.json"):
-        assert (dest / f).is_file(), f
+    assert paired_loss(base, other, 2000) is None  # no window after the last step
+    assert paired_loss(base, base, 0)["lag1_autocorr"] is None  # identical runs: no variance
+    assert old_paired_loss is paired_loss  # scripts written against the old report import it from cogdiff.report
 
 
-def test_report_tolerates_strays_and_missing_fid_logs(tmp_path):
-    out = fake_out(tmp_path)
-    (out / "runs" / ".DS_Store").write_text("")  # not a run
-    (out / "runs" / "notes").mkdir()  # a folder without metrics.jsonl: not a run either
-    (out / "runs" / "cog" / "fid.jsonl").unlink()  # FID during training was off for this one
-    (out / "compare_raw" / "compare.json").unlink()  # raw weights not scored
-    rec = rp.report(str(out), str(tmp_path / "dest"))
-    assert list(rec["models"]) == ["softmax", "cog"] and rec["models"]["cog"]["raw"] is None
-    assert rec["models"]["cog"]["training"]["fid_during_training"] == [] and None not in rec["commands"]
-    assert "| cog | cog | 2000 | 55.00 | 30.0 ± 2.0 | n/a | n/a |" in (tmp_path / "dest" / "summary.md").read_text()
+def fake_study_out(tmp_path):
+    """An OUT folder as python -m cogdiff.study run leaves it, with hand-made numbers."""
+    out = tmp_path / "out"
+    arms = [{"name": n, "overrides": {"model.attention_type": n}} for n in ("softmax", "cog")]
+    study = dict(name="fake", baseline="softmax", arms=arms,
+                 protocol=dict(steps=2000, batch_size=8, final_n=100, scheduler="dpm++", sample_steps=50))
+    out.mkdir()
+    (out / "study.yaml").write_text(yaml.safe_dump(study))
+    for name, fid in (("softmax", 40.0), ("cog", 55.0)):
+        run = out / "runs" / name / "seed0"
+        _jsonl(run / "metrics.jsonl", _loss_rows(LOSSES[name]))
+        _jsonl(run / "fid.jsonl", [dict(step=1000, fid=fid + 20), dict(step=2000, fid=fid + 10)])
+        scores = [dict(model="ema", fid=fid, kid_mean=0.03), dict(model="raw", fid=fid + 1, kid_mean=0.04)]
+        (run / "eval").mkdir()
+        (run / "eval" / "compare.json").write_text(json.dumps(dict(device="TestGPU", results=scores)))
+    return out
 
 
-def test_report_refuses_labels_that_are_not_the_runs(tmp_path):
-    out = fake_out(tmp_path)
-    (out / "runs" / "cog").rename(out / "runs" / "cog_v2")
-    with pytest.raises(ValueError, match="compare labels must be the run folder names"):
-        rp.report(str(out), str(tmp_path / "dest"))
+def test_report_command_is_the_study_report(tmp_path):
+    out = fake_study_out(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "cogdiff.report", str(out), "--dest", str(tmp_path / "a")],
+                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    study_report([str(out)], dest=str(tmp_path / "b"))
+    for f in ("results.json", "summary.md"):
+        assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text(), f
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert [a["name"] for a in res["arms"]] == ["softmax", "cog"]
+    assert [(a["runs"][0]["fid_ema"], a["runs"][0]["fid_raw"]) for a in res["arms"]] == [(40.0, 41.0), (55.0, 56.0)]
+    assert "| cog | 1 | 55.00 |" in r.stdout and (tmp_path / "a" / "loss_diff.png").is_file()
 
 
-def test_report_needs_the_evaluation(tmp_path):
-    out = fake_out(tmp_path)
-    (out / "compare_ema" / "compare.json").unlink()
-    with pytest.raises(FileNotFoundError, match="evaluation step"):
-        rp.report(str(out), str(tmp_path / "dest"))
-    assert rp.main([str(out), "--dest", str(tmp_path / "dest")]) == 2
+def test_report_refuses_the_retired_layout_and_flags(tmp_path, capsys):
+    old = tmp_path / "old"
+    (old / "compare_ema").mkdir(parents=True)
+    assert rp.main([str(old), "--dest", str(tmp_path / "d")]) == 2
+    assert "two-run script" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    out = fake_study_out(tmp_path)
+    assert rp.main([str(out), "--commit", "abc123"]) == 2
+    assert "--commit belonged to the retired" in capsys.readouterr().err and not (out / "report").exists()
+    assert rp.main([str(tmp_path / "nothing")]) == 2
+    assert "study.yaml" in capsys.readouterr().err
 
 
 def _fake_cifar(root):

@@ -2,8 +2,9 @@
 
 ``cog_attention_triton(q, k, v, attn_mask=None, scale=None)`` computes
 ``(sign(s) * softmax(|s|)) @ v`` with ``s = scale * q @ k^T`` in one pass over the keys (no
-tokens x tokens matrix in memory), with a matching fused backward. Importing this module
-registers it as ``impl="triton"`` in :mod:`cogdiff.attention`; ``impl="auto"`` picks it for CUDA
+tokens x tokens matrix in memory), with a matching fused backward. :mod:`cogdiff.attention` imports
+this module on first use and registers :func:`triton_impl` as ``impl="triton"`` (this module never
+imports the front end); ``impl="auto"`` picks it (:func:`supports`, :func:`auto_impl`) for CUDA
 fp16/bf16 inputs with head_dim <= 128, no dropout and an optional boolean mask (any mask that
 broadcasts to (B, H, Lq, Lk), key-padding masks included). Anything else falls back to the
 reference (with a one-time warning when ``impl="triton"`` was asked for explicitly).
@@ -30,9 +31,9 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from ..attention import cog_attention_reference, mask_fits, register_cog_impl
 from .cog_triton_bwd import _cog_bwd_delta_kernel, _cog_bwd_dkdv_kernel, _cog_bwd_dq_kernel
 from .cog_triton_kernels import _cog_fwd_kernel
+from .reference import cog_attention_reference, mask_fits
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -133,10 +134,10 @@ def _mask_args(mask: Optional[torch.Tensor], b: int, h: int, lq: int, lk: int):
 def _out_like(q: torch.Tensor, d: int) -> torch.Tensor:
     # Contiguous q -> contiguous out; else (B, L, H, D) memory viewed as (B, H, L, D), so that the usual
     # "transpose(1, 2).reshape" after attention is free.
-    b, h, l, _ = q.shape
+    b, h, n, _ = q.shape
     if q.is_contiguous():
-        return torch.empty((b, h, l, d), dtype=q.dtype, device=q.device)
-    return torch.empty((b, l, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
+        return torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
+    return torch.empty((b, n, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
 def _grad_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -144,8 +145,8 @@ def _grad_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
     dtype = x.dtype if dtype is None else dtype
     if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
         return torch.empty_like(x, dtype=dtype)
-    b, h, l, d = x.shape
-    return torch.empty((b, l, h, d), dtype=dtype, device=x.device).transpose(1, 2)
+    b, h, n, d = x.shape
+    return torch.empty((b, n, h, d), dtype=dtype, device=x.device).transpose(1, 2)
 
 
 def _launcher(kernel, traced: bool):
@@ -349,7 +350,7 @@ def supports(q, k, v, attn_mask=None, dropout_p=0.0) -> bool:
 _warned = set()
 
 
-def _triton_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+def triton_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
     """``impl="triton"``: the fused kernel, or the reference (warned once per reason) where unsupported."""
     why = _why_unsupported(q, k, v, attn_mask, dropout_p, scale)
     if why is not None:
@@ -360,11 +361,8 @@ def _triton_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
     return cog_attention_triton(q, k, v, attn_mask, scale)
 
 
-def _auto_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
-    # impl="auto" after supports() said yes; only scale == 0 (not seen by supports) is left to check.
+def auto_impl(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    """``impl="auto"`` after :func:`supports` said yes; only scale == 0 (not seen by supports) is left to check."""
     if scale is not None and scale == 0:
         return cog_attention_reference(q, k, v, attn_mask, dropout_p, scale)
     return cog_attention_triton(q, k, v, attn_mask, scale)
-
-
-register_cog_impl("triton", _triton_impl, supports, checked_fn=_auto_impl)

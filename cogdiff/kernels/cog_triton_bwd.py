@@ -34,7 +34,7 @@ def _dq_tile(dq, q, do, lse, delta, K, V, MASK, rows, cols, offs_d, skn, skd, sv
 
 
 @triton.jit
-def _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
+def _dq_rows(Q, K, V, OUT, DO, DQ, LSE, DELTA, MASK, row0,
              sqm, sqd, skn, skd, svn, svd, som, sod, sdom, sdod, sdqm, sdqd, smm, smn,
              LQ, LK, HEAD_D, qk_scale, scale,
              BM: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -42,7 +42,7 @@ def _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
     rows = row0 + tl.arange(0, BM)
     offs_d = tl.arange(0, BLOCK_D)
     q = _tile(Q, rows, sqm, offs_d, sqd, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
-    o = _tile(O, rows, som, offs_d, sod, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
+    o = _tile(OUT, rows, som, offs_d, sod, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
     do = _tile(DO, rows, sdom, offs_d, sdod, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     lse = _row_vec(LSE, rows, LQ, float("inf"), CHECK_ROWS)
@@ -63,7 +63,7 @@ def _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
 
 @triton.jit
 def _cog_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, MASK,
+    Q, K, V, OUT, DO, DQ, LSE, DELTA, MASK,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
@@ -87,7 +87,7 @@ def _cog_bwd_dq_kernel(
     Q += b * sqb + h * sqh
     K += b * skb + h * skh
     V += b * svb + h * svh
-    O += b * sob + h * soh
+    OUT += b * sob + h * soh
     DO += b * sdob + h * sdoh
     DQ += b * sdqb + h * sdqh
     LSE += pid_bh * LQ
@@ -95,15 +95,15 @@ def _cog_bwd_dq_kernel(
     MASK += b * smb + h * smh
     if TAIL_M > 0:
         if row0 + BLOCK_M > LQ:
-            _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
+            _dq_rows(Q, K, V, OUT, DO, DQ, LSE, DELTA, MASK, row0,
                      sqm, sqd, skn, skd, svn, svd, som, sod, sdom, sdod, sdqm, sdqd, smm, smn,
                      LQ, LK, HEAD_D, qk_scale, scale, TAIL_M, BLOCK_N, TAIL_N, BLOCK_D, True, EVEN_D, HAS_MASK)
         else:
-            _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
+            _dq_rows(Q, K, V, OUT, DO, DQ, LSE, DELTA, MASK, row0,
                      sqm, sqd, skn, skd, svn, svd, som, sod, sdom, sdod, sdqm, sdqd, smm, smn,
                      LQ, LK, HEAD_D, qk_scale, scale, BLOCK_M, BLOCK_N, TAIL_N, BLOCK_D, False, EVEN_D, HAS_MASK)
     else:
-        _dq_rows(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, row0,
+        _dq_rows(Q, K, V, OUT, DO, DQ, LSE, DELTA, MASK, row0,
                  sqm, sqd, skn, skd, svn, svd, som, sod, sdom, sdod, sdqm, sdqd, smm, smn,
                  LQ, LK, HEAD_D, qk_scale, scale, BLOCK_M, BLOCK_N, TAIL_N, BLOCK_D, False, EVEN_D, HAS_MASK)
 
@@ -214,7 +214,7 @@ def _cog_bwd_dkdv_kernel(
 
 @triton.jit
 def _cog_bwd_delta_kernel(
-    O, DO, DELTA, DQACC,
+    OUT, DO, DELTA, DQACC,
     sob, soh, som, sod,
     sdob, sdoh, sdom, sdod,
     saqb, saqh, saqm, saqd,
@@ -228,7 +228,7 @@ def _cog_bwd_delta_kernel(
     h = pid_bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _tile(O + b * sob + h * soh, rows, som, offs_d, sod, LQ, HEAD_D, True, False)
+    o = _tile(OUT + b * sob + h * soh, rows, som, offs_d, sod, LQ, HEAD_D, True, False)
     do = _tile(DO + b * sdob + h * sdoh, rows, sdom, offs_d, sdod, LQ, HEAD_D, True, False)
     tl.store(DELTA + pid_bh * LQ + rows, tl.sum(do.to(tl.float32) * o.to(tl.float32), 1), mask=rows < LQ)
     zero = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)

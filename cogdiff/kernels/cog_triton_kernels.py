@@ -101,7 +101,7 @@ def _fwd_tile(acc, m_i, l_i, q, K, V, MASK, rows, cols, offs_d, skn, skd, svn, s
 
 
 @triton.jit
-def _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
+def _fwd_rows(Q, K, V, OUT, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
               LQ, LK, HEAD_D, qk_scale,
               BM: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, BLOCK_D: tl.constexpr,
               CHECK_ROWS: tl.constexpr, EVEN_D: tl.constexpr, HAS_MASK: tl.constexpr):
@@ -121,7 +121,7 @@ def _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, so
                                   skn, skd, svn, svd, smm, smn, LQ, LK, HEAD_D, qk_scale,
                                   CHECK_ROWS, True, EVEN_D, HAS_MASK)
     l_safe = tl.maximum(l_i, 1e-30)  # fully masked row: l = 0 -> out 0, lse finite
-    _store_tile(O, acc / l_safe[:, None], rows, som, offs_d, sod, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
+    _store_tile(OUT, acc / l_safe[:, None], rows, som, offs_d, sod, LQ, HEAD_D, CHECK_ROWS, EVEN_D)
     if CHECK_ROWS:
         tl.store(LSE + rows, m_i + tl.log2(l_safe), mask=rows < LQ)
     else:
@@ -130,7 +130,7 @@ def _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, so
 
 @triton.jit
 def _cog_fwd_kernel(
-    Q, K, V, O, LSE, MASK,
+    Q, K, V, OUT, LSE, MASK,
     sqb, sqh, sqm, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
@@ -150,16 +150,16 @@ def _cog_fwd_kernel(
     Q += b * sqb + h * sqh
     K += b * skb + h * skh
     V += b * svb + h * svh
-    O += b * sob + h * soh
+    OUT += b * sob + h * soh
     LSE += pid_bh * LQ
     MASK += b * smb + h * smh
     if TAIL_M > 0:
         if row0 + BLOCK_M > LQ:  # the last program: TAIL_M rows
-            _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
+            _fwd_rows(Q, K, V, OUT, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
                       LQ, LK, HEAD_D, qk_scale, TAIL_M, BLOCK_N, TAIL_N, BLOCK_D, True, EVEN_D, HAS_MASK)
         else:
-            _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
+            _fwd_rows(Q, K, V, OUT, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
                       LQ, LK, HEAD_D, qk_scale, BLOCK_M, BLOCK_N, TAIL_N, BLOCK_D, False, EVEN_D, HAS_MASK)
     else:
-        _fwd_rows(Q, K, V, O, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
+        _fwd_rows(Q, K, V, OUT, LSE, MASK, row0, sqm, sqd, skn, skd, svn, svd, som, sod, smm, smn,
                   LQ, LK, HEAD_D, qk_scale, BLOCK_M, BLOCK_N, TAIL_N, BLOCK_D, False, EVEN_D, HAS_MASK)

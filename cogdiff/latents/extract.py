@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import atomic_save_npy, atomic_write_text, sha256_file
+from ..rundir import changed_settings, refuse_changed
 from . import store
 from .images import CroppedImages, class_to_index, scan_image_folder
 
@@ -126,13 +127,11 @@ def _check_resume(out_dir: str, manifest: Dict[str, Any]) -> Optional[Dict[str, 
     old = store.read_manifest(out_dir)
     if old is None:
         return None
-    strip = lambda m: {k: v for k, v in m.items() if k not in VOLATILE_KEYS}  # noqa: E731
-    changed = store.diff_plans(strip(old), strip(manifest))
-    if changed:
-        raise ValueError(
-            f"{out_dir!r} holds an extraction with different settings ({', '.join(changed)}): "
-            "resume with the original settings or choose a new --out directory"
-        )
+    keys = sorted((set(old) | set(manifest)) - set(VOLATILE_KEYS))
+    # Key names only: values such as the class list or the shard table are too long for a one-line error.
+    changed = [k for k in keys if changed_settings(old, manifest, [k])]
+    refuse_changed(changed, os.path.join(out_dir, store.MANIFEST),
+                   "resume with the original settings or choose a new --out directory")
     return old
 
 
@@ -174,19 +173,11 @@ def extract_latents(
     )
     old = _check_resume(out_dir, manifest) if os.path.isdir(out_dir) else None
     if state.is_main_process:
-        os.makedirs(out_dir, exist_ok=True)
-        store.remove_stale_files(out_dir, manifest)
-        if old is None or not os.path.isfile(os.path.join(out_dir, store.LABELS)):
-            atomic_save_npy(os.path.join(out_dir, store.LABELS), np.asarray(labels, dtype=np.int32))
-            atomic_write_text(os.path.join(out_dir, store.FILES), "".join(f + "\n" for f in files))
-        store.write_manifest(out_dir, manifest)
+        _start_out_dir(out_dir, manifest, files, labels, resumed=old is not None)
     state.wait_for_everyone()
 
     shards = manifest["shards"]
-    todo = [
-        i for i in range(state.process_index, len(shards), state.num_processes)
-        if not os.path.isfile(os.path.join(out_dir, shards[i]["file"]))
-    ]
+    todo = _missing_shards(out_dir, shards, state.process_index, state.num_processes)
     todo = todo[:max_shards] if max_shards is not None else todo
     bar = tqdm(
         total=sum(shards[i]["count"] for i in todo), unit="img", desc="encode",
@@ -194,17 +185,8 @@ def extract_latents(
     )
     for i in todo:
         start, count = shards[i]["start"], shards[i]["count"]
-        loader = torch.utils.data.DataLoader(
-            CroppedImages(data_dir, files[start : start + count], image_size),
-            batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=dev.type == "cuda",
-        )
-        out = np.empty((count, 2, 2, *manifest["shape"]), dtype=store.STORE_DTYPE)
-        pos = 0
-        for images in loader:
-            stats = encode_with_mirror(vae, images.to(dev, non_blocking=True)).cpu().numpy()
-            out[pos : pos + len(stats)] = stats
-            pos += len(stats)
-            bar.update(len(stats))
+        images = CroppedImages(data_dir, files[start : start + count], image_size)
+        out = encode_shard(vae, images, manifest["shape"], batch_size, num_workers, dev, bar.update)
         if not np.isfinite(out).all():
             raise FloatingPointError(
                 f"shard {i} has non-finite latents (fp16 overflow or a broken VAE): try --precision fp32"
@@ -221,3 +203,38 @@ def extract_latents(
         store.write_manifest(out_dir, manifest)
     state.wait_for_everyone()
     return manifest
+
+
+def _start_out_dir(out_dir: str, manifest: Dict[str, Any], files, labels, resumed: bool) -> None:
+    """(Main process) create ``out_dir``, drop stale files, write labels + file list (once) and the manifest."""
+    os.makedirs(out_dir, exist_ok=True)
+    store.remove_stale_files(out_dir, manifest)
+    if not resumed or not os.path.isfile(os.path.join(out_dir, store.LABELS)):
+        atomic_save_npy(os.path.join(out_dir, store.LABELS), np.asarray(labels, dtype=np.int32))
+        atomic_write_text(os.path.join(out_dir, store.FILES), "".join(f + "\n" for f in files))
+    store.write_manifest(out_dir, manifest)
+
+
+def _missing_shards(out_dir: str, shards, process_index: int, num_processes: int) -> list:
+    """This process's shards (round-robin over processes) whose file does not exist yet."""
+    return [
+        i for i in range(process_index, len(shards), num_processes)
+        if not os.path.isfile(os.path.join(out_dir, shards[i]["file"]))
+    ]
+
+
+def encode_shard(vae, images: torch.utils.data.Dataset, shape, batch_size: int, num_workers: int,
+                 device: torch.device, on_images: Callable[[int], Any] = lambda n: None) -> np.ndarray:
+    """Encode one shard's images (and mirrors) into a (count, 2, 2, *shape) array of ``store.STORE_DTYPE``;
+    ``on_images(n)`` is called after each batch of ``n`` images (a progress bar's update)."""
+    loader = torch.utils.data.DataLoader(
+        images, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    out = np.empty((len(images), 2, 2, *shape), dtype=store.STORE_DTYPE)
+    pos = 0
+    for batch in loader:
+        stats = encode_with_mirror(vae, batch.to(device, non_blocking=True)).cpu().numpy()
+        out[pos : pos + len(stats)] = stats
+        pos += len(stats)
+        on_images(len(stats))
+    return out

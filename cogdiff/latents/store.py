@@ -77,9 +77,3 @@ def sha256_lines(lines: List[str]) -> str:
     for line in lines:
         h.update(line.encode("utf-8") + b"\n")
     return h.hexdigest()
-
-
-def diff_plans(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """Keys whose values differ between two extraction plans (JSON round-trip normalised)."""
-    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -114,6 +114,86 @@ def check_same_data(models: List[str]) -> None:
                          "or pass --allow-mixed-data")
 
 
+def check_models(models: List[str], labels: Optional[List[str]], allow_mixed_data: bool) -> List[str]:
+    """Refuse bad model lists before any sampling; returns the labels (default: the folder names)."""
+    if len(models) < 2:
+        raise ValueError(f"compare needs two or more models, got {len(models)}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"compare got the same model twice ({' '.join(models)}); pass two or more different models")
+    labels = labels or [default_label(m) for m in models]
+    if len(labels) != len(models) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels must give {len(models)} distinct names, got {labels}")
+    for spec in models:
+        check_pipeline(*split_variant(spec))
+    if not allow_mixed_data:
+        check_same_data(models)
+    return labels
+
+
+def score_model(label: str, spec: str, ev: FIDEvaluator, device, scheduler: str, num_images: int, batch_size: int,
+                steps: int, seed: int, guidance_scale: float, bf16: bool, grid_images: int, progress: bool) -> tuple:
+    """Sample and score one model: (its result row, its grid images, its run's fid.jsonl rows)."""
+    model, variant = split_variant(spec)
+    pipe = load_pipeline(model, device=device, scheduler=scheduler, variant=variant)
+    t0 = time.perf_counter()
+    batches = pipeline_batches(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16)
+    scores = ev.score_images(batches, progress=progress, total=num_images)
+    elapsed = time.perf_counter() - t0
+    grid = sample_batch(pipe, range(min(grid_images, num_images)), steps, seed, guidance_scale, bf16)
+    run = RunDir.of(model)  # a run folder or its pipeline/ folder: the run's fid.jsonl
+    run_fid = run.fid() if run else []
+    row = dict(
+        model=label,
+        path=os.path.abspath(model),
+        weights=variant or "default (EMA for training exports)",
+        attention=pipe.transformer.config.attention_type,
+        attention_types=pipe.transformer.attention_types(),
+        params=sum(p.numel() for p in pipe.transformer.parameters()),
+        run_dir=os.path.abspath(os.fspath(run.path)) if run else None,
+        **scores,
+        sample_s=round(ev.last_timings.get("source_s", 0.0), 3),
+        total_s=round(elapsed, 3),
+        last_logged_fid=run_fid[-1] if run_fid else None,
+    )
+    return row, grid, run_fid
+
+
+def protocol_record(ev: FIDEvaluator, ref: str, scheduler: str, steps: int, num_images: int, seed: int,
+                    guidance_scale: float, bf16: bool, batch_size: int) -> dict:
+    """The settings every model was sampled and scored under (compare.json's ``protocol``)."""
+    return dict(sampler=scheduler, steps=steps, num_images=num_images, seed=seed, image_seeds=SEED_RULE,
+                guidance_scale=guidance_scale, bf16=bf16, batch_size=batch_size,
+                ref_stats=os.path.abspath(ref), ref_fingerprint=ev.ref.fingerprint, ref_count=ev.ref.count,
+                ref_source=ev.ref.source, feature_extractor=ev.extractor.extractor_id,
+                kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets,
+                inception_score_note=ev.inception_score_note)
+
+
+def compare_markdown(record: dict, ref: str) -> str:
+    """compare.md: a title line with the protocol and the reference, then the table."""
+    p = record["protocol"]
+    return (
+        f"# Comparison: FID-{p['num_images']} ({p['sampler']}, {p['steps']} steps, guidance {p['guidance_scale']}, "
+        f"seed {p['seed']}, {'bf16' if p['bf16'] else 'fp32'})\n\nReference: `{ref}` ({p['ref_count']} images, "
+        f"fingerprint {p['ref_fingerprint'][:16]}); "
+        f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(record["results"])
+    )
+
+
+def write_outputs(record: dict, ref: str, grids: Dict[str, np.ndarray], curves: Dict[str, List[dict]],
+                  out: str) -> None:
+    """compare.json, compare.md, grid.png, grid_images.npz and (when runs logged FID) fid_vs_step.png in ``out``."""
+    files = dict(json=os.path.join(out, "compare.json"), markdown=os.path.join(out, "compare.md"),
+                 grid=save_grid(grids, os.path.join(out, "grid.png")), grid_images=os.path.join(out, "grid_images.npz"))
+    atomic_savez(files["grid_images"], **grids)
+    plot = plot_fid_vs_step(curves, os.path.join(out, "fid_vs_step.png")) if curves else None
+    if plot:
+        files["fid_vs_step"] = plot
+    record["files"] = files
+    atomic_write_text(files["markdown"], compare_markdown(record, ref))
+    atomic_write_json(files["json"], record)
+
+
 def compare(
     models: List[str],
     ref: str,
@@ -135,17 +215,7 @@ def compare(
     allow_mixed_data: bool = False,
 ) -> dict:
     """Sample, score and report (see the module docstring). Returns the JSON record."""
-    if len(models) < 2:
-        raise ValueError(f"compare needs two or more models, got {len(models)}")
-    if len(set(models)) != len(models):
-        raise ValueError(f"compare got the same model twice ({' '.join(models)}); pass two or more different models")
-    labels = labels or [default_label(m) for m in models]
-    if len(labels) != len(models) or len(set(labels)) != len(labels):
-        raise ValueError(f"--labels must give {len(models)} distinct names, got {labels}")
-    for spec in models:  # fail before any sampling
-        check_pipeline(*split_variant(spec))
-    if not allow_mixed_data:
-        check_same_data(models)
+    labels = check_models(models, labels, allow_mixed_data)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
     ev = FIDEvaluator(ref, device=device, weights=weights, allow_unverified=allow_unverified_weights)
@@ -153,62 +223,18 @@ def compare(
         print(f"Inception Score: not computed — {ev.inception_score_note}", file=sys.stderr)
     rows, grids, curves = [], {}, {}
     for label, spec in zip(labels, models):
-        model, variant = split_variant(spec)
-        pipe = load_pipeline(model, device=device, scheduler=scheduler, variant=variant)
-        t0 = time.perf_counter()
-        batches = pipeline_batches(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16)
-        scores = ev.score_images(batches, progress=progress, total=num_images)
-        elapsed = time.perf_counter() - t0
-        k = min(grid_images, num_images)
-        grids[label] = sample_batch(pipe, range(k), steps, seed, guidance_scale, bf16)
-        cfg = pipe.transformer.config
-        run = RunDir.of(model)  # a run folder or its pipeline/ folder: the run's fid.jsonl
-        run_dir = os.fspath(run.path) if run else None
-        run_fid = run.fid() if run else []
+        row, grids[label], run_fid = score_model(label, spec, ev, device, scheduler, num_images, batch_size, steps,
+                                                 seed, guidance_scale, bf16, grid_images, progress)
+        rows.append(row)
         if run_fid:
             curves[label] = run_fid
-        rows.append(
-            dict(
-                model=label,
-                path=os.path.abspath(model),
-                weights=variant or "default (EMA for training exports)",
-                attention=cfg.attention_type,
-                attention_types=pipe.transformer.attention_types(),
-                params=sum(p.numel() for p in pipe.transformer.parameters()),
-                run_dir=os.path.abspath(run_dir) if run_dir else None,
-                **scores,
-                sample_s=round(ev.last_timings.get("source_s", 0.0), 3),
-                total_s=round(elapsed, 3),
-                last_logged_fid=run_fid[-1] if run_fid else None,
-            )
-        )
-        del pipe
     record = dict(
-        protocol=dict(sampler=scheduler, steps=steps, num_images=num_images, seed=seed, image_seeds=SEED_RULE,
-                      guidance_scale=guidance_scale, bf16=bf16, batch_size=batch_size,
-                      ref_stats=os.path.abspath(ref), ref_fingerprint=ev.ref.fingerprint, ref_count=ev.ref.count,
-                      ref_source=ev.ref.source, feature_extractor=ev.extractor.extractor_id,
-                      kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets,
-                      inception_score_note=ev.inception_score_note),
+        protocol=protocol_record(ev, ref, scheduler, steps, num_images, seed, guidance_scale, bf16, batch_size),
         commit=git_commit(), device=device_name(device), versions=package_versions(),
         command=command,
         results=rows,
     )
-    md = (
-        f"# Comparison: FID-{num_images} ({scheduler}, {steps} steps, guidance {guidance_scale}, seed {seed}, "
-        f"{'bf16' if bf16 else 'fp32'})\n\nReference: `{ref}` ({ev.ref.count} images, "
-        f"fingerprint {ev.ref.fingerprint[:16]}); "
-        f"commit {record['commit']}; {record['device']}.\n\n" + table_markdown(rows)
-    )
-    files = dict(json=os.path.join(out, "compare.json"), markdown=os.path.join(out, "compare.md"),
-                 grid=save_grid(grids, os.path.join(out, "grid.png")), grid_images=os.path.join(out, "grid_images.npz"))
-    atomic_savez(files["grid_images"], **grids)
-    plot = plot_fid_vs_step(curves, os.path.join(out, "fid_vs_step.png")) if curves else None
-    if plot:
-        files["fid_vs_step"] = plot
-    record["files"] = files
-    atomic_write_text(files["markdown"], md)
-    atomic_write_json(files["json"], record)
+    write_outputs(record, ref, grids, curves, out)
     print(table_markdown(rows), end="")
     return record
 
