@@ -266,12 +266,17 @@ def _decode(path: Path, resolution: Optional[int]) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cogdiff`` (default ``~/.cache/cogdiff``): caches that are not kept beside the data."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogdiff"
+
+
 def _cache_dirs(data_dir: Path, cache_dir: Optional[str]) -> List[Path]:
     """Where the decoded cache may live, in order: ``cache_dir`` if set; else beside the data (unless that
     folder has no write bits, e.g. a shared read-only copy), then ``$XDG_CACHE_HOME/cogdiff``."""
     if cache_dir is not None:
         return [Path(cache_dir)]
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogdiff"
+    user = user_cache_dir()
     parent = data_dir.parent
     writable = os.access(parent, os.W_OK) and parent.stat().st_mode & 0o222  # root ignores modes: read them too
     return [parent / ".cogdiff_cache", user] if writable else [user]

@@ -257,3 +257,17 @@ def ensure_ref_stats(
     stats = compute_ref_stats(make_batches(), extractor, source, max_kid_features, progress=progress, total=total)
     stats.save(path)
     return stats
+
+
+def cached_ref_stats(cache_dir, make_batches, extractor, source: str = "", progress: bool = False,
+                     total: Optional[int] = None) -> tuple:
+    """Reference statistics kept in ``cache_dir`` under a name made of the images' fingerprint and the feature
+    extractor, so the same images through the same network are scored once. Returns (path, stats, built)."""
+    fp = Fingerprint()
+    for batch in make_batches():
+        fp.update(batch)
+    key = hashlib.sha256(extractor.extractor_id.encode()).hexdigest()[:8]
+    path = os.path.join(os.fspath(cache_dir), f"ref-{fp.hexdigest()[:16]}-{key}.npz")
+    built = not os.path.isfile(path)
+    stats = ensure_ref_stats(path, make_batches, extractor, source, progress=progress, total=total)
+    return path, stats, built

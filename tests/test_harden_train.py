@@ -1,0 +1,131 @@
+"""Training hardening: Ctrl-C prints where the run stopped and the exact command that resumes it (no traceback,
+checkpoints intact), and ``train.fid_every > 0`` without ``train.fid_ref`` builds the reference statistics from the
+training data once, cached by the data's fingerprint."""
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MICRO
+
+from cogdiff.config import ConfigError, load_config
+from cogdiff.training import list_checkpoints
+from cogdiff.training.checkpoint import step_of
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = str(ROOT / "configs" / "tiny.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+
+
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a child of a background job inherits SIGINT ignored
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))}
+
+
+def test_ctrl_c_prints_step_checkpoint_and_resume_command(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--config", TINY_YAML, *MICRO, "train.steps=100000", "train.checkpoint_every=3", "train.log_every=3",
+            "train.keep_last=2", f"train.output_dir={out}"]
+    proc = subprocess.Popen([sys.executable, "-m", "cogdiff.workflows.train", *argv], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 240
+    while len(list_checkpoints(out / "checkpoints")) < 2:  # two checkpoints: the run is well inside its loop
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr + stdout
+    lines = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines[-5:]
+    last = list_checkpoints(out / "checkpoints")[-1]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]  # no half-written one
+    line = errors[0]
+    assert line.startswith("error: interrupted after step ")
+    assert f"last checkpoint {last} (step {step_of(last)})" in line
+    done = int(line.split("after step ")[1].split()[0])
+    assert done >= step_of(last)
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "cogdiff.workflows.train"] and command[3:-1] == argv
+    assert command[-1] == "train.resume=latest"
+
+    before = snapshot(last)
+    resumed = subprocess.run([sys.executable, *command[1:], f"train.steps={step_of(last) + 2}"], cwd=tmp_path,
+                             env=ENV, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"steps {step_of(last)} -> {step_of(last) + 2}" in resumed.stdout  # continued from that checkpoint
+    assert snapshot(last) == before
+    assert step_of(list_checkpoints(out / "checkpoints")[-1]) == step_of(last) + 2
+
+
+def test_interrupt_message_from_python_and_without_checkpoint():
+    from cogdiff.workflows.train import TrainingInterrupted
+
+    e = TrainingInterrupted(7, 100, None)
+    assert isinstance(e, KeyboardInterrupt) and "no checkpoint written yet" in str(e)
+    assert "after step 7 of 100" in str(e)
+    e = TrainingInterrupted(7, 100, Path("runs/x/checkpoints/step_0000005"))
+    assert "(step 5)" in str(e) and "train.resume=latest" in str(e)
+
+
+def test_resume_command_keeps_arguments_and_replaces_resume(monkeypatch):
+    from cogdiff.workflows import train
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", "c.yaml"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cmd = train.resume_command(["--config", "c.yaml", "train.resume=runs/a/checkpoints/step_0000010", "x.y=a b"])
+    assert shlex.split(cmd) == ["accelerate", "launch", "--num_processes", "2", "train.py", "--config", "c.yaml",
+                                "x.y=a b", "train.resume=latest"]
+
+
+# ------------------------------------------------------------------ FID reference statistics from the training data
+
+FID = ["data.limit=16", "train.steps=2", "train.fid_every=2", "train.fid_num_images=4", "sample.batch_size=4",
+       "train.checkpoint_every=0"]
+
+
+def test_fid_reference_built_from_training_data_once(capsys, tmp_path):
+    import numpy as np
+
+    from cogdiff.data import build_dataset
+    from cogdiff.metrics import RefStats, fingerprint_images
+    from cogdiff.sources import dataset_batches
+    from cogdiff.workflows import train
+
+    cache = tmp_path / "cache"
+    args = ["--config", TINY_YAML, *MICRO, *FID, f"data.cache_dir={cache}"]
+    assert train.main([*args, f"train.output_dir={tmp_path / 'a'}"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "reference statistics" in ln]
+    found = sorted((cache / "fid_ref").glob("*.npz"))
+    assert len(found) == 1 and len(lines) == 1 and str(found[0]) in lines[0] and "built" in lines[0], lines
+    cfg = load_config(TINY_YAML, [*MICRO, *FID, "data.random_flip=false"])
+    images = np.concatenate(list(dataset_batches(build_dataset(cfg.data), 8)))
+    stats = RefStats.load(str(found[0]))
+    assert stats.count == 16 and stats.fingerprint == fingerprint_images(images)  # the training images, no flips
+    fid = [ln for ln in (tmp_path / "a" / "fid.jsonl").read_text().splitlines()]
+    assert len(fid) == 1 and '"fid": ' in fid[0]
+    assert f"fid_ref: {found[0]}" in (tmp_path / "a" / "config.yaml").read_text()  # the run records what it used
+
+    before = snapshot(cache)
+    assert train.main([*args, f"train.output_dir={tmp_path / 'b'}"]) == 0  # same data: reused, not rebuilt
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "reference statistics" in ln]
+    assert len(lines) == 1 and "reusing" in lines[0] and str(found[0]) in lines[0]
+    assert snapshot(cache) == before
+
+
+def test_fid_on_latents_without_reference_is_a_config_error():
+    from cogdiff.workflows.trainer import training_ref_stats
+
+    cfg = load_config(TINY_YAML, ["data.kind=latents", "data.path=/nowhere", "train.fid_every=10"])
+    with pytest.raises(ConfigError, match="train.fid_ref=.*cogdiff.metrics ref"):
+        training_ref_stats(cfg, None, None)
