@@ -129,3 +129,47 @@ def test_fid_on_latents_without_reference_is_a_config_error():
     cfg = load_config(TINY_YAML, ["data.kind=latents", "data.path=/nowhere", "train.fid_every=10"])
     with pytest.raises(ConfigError, match="train.fid_ref=.*cogdiff.metrics ref"):
         training_ref_stats(cfg, None, None)
+
+
+# ------------------------------------------------------------------ disk full while a checkpoint is written
+
+@pytest.mark.parametrize("failure", ["oserror", "stream_writer"])
+def test_disk_full_while_checkpointing_removes_the_partial_folder(capsys, tmp_path, monkeypatch, failure):
+    """A write that fails (ENOSPC from the pipeline writer, or torch.save's stream-writer RuntimeError) is one line
+    that says what happened and how to resume; the half-written folder is removed, the previous checkpoint kept."""
+    import errno
+
+    import torch
+
+    from cogdiff.training import load_training_state
+    from cogdiff.workflows import train, trainer
+
+    real_write, real_save = trainer.write_pipeline, torch.save
+
+    def write_pipeline(directory, *args, **kwargs):
+        real_write(directory, *args, **kwargs)
+        if failure == "oserror" and directory.name.endswith("step_0000004"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save(obj, f, *args, **kwargs):
+        if failure == "stream_writer" and str(f).endswith("step_0000004/training_state.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "write_pipeline", write_pipeline)
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    args = ["--config", TINY_YAML, *MICRO, "train.steps=4", "train.checkpoint_every=2", "train.log_every=2",
+            f"train.output_dir={out}"]
+    assert train.main(args) == 2
+    stderr = capsys.readouterr().err
+    err = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]  # the rest is the progress bar
+    assert "Traceback" not in stderr and len(err) == 1 and err[0].startswith("error: writing checkpoint step 4 failed")
+    assert "removed" in err[0] and "free disk space" in err[0] and "train.resume=latest" in err[0]
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000002"]  # no .tmp_step_0000004 left behind
+    assert load_training_state(root / "step_0000002", 0)[0]["step"] == 2
+    monkeypatch.undo()
+    assert train.main([*args, "train.resume=latest"]) == 0  # what the message says to do works
+    assert [p.name for p in list_checkpoints(root)][-1] == "step_0000004"

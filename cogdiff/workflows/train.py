@@ -29,7 +29,7 @@ from ..latents.extract import vae_dir
 from ..models import UViTModel
 from ..rundir import RunDir
 from ..training import export_pipeline, list_checkpoints, resolve_resume
-from ..training.checkpoint import step_of
+from ..training.checkpoint import clean_stale, step_of
 from .trainer import Hooks, build_trainer, fid_ref_cache, model_kwargs, resolve_model, train_step
 
 
@@ -66,8 +66,12 @@ def run_training(cfg: Config) -> Path:
             done = step + 1
             hooks.after_step(done, loss, grad_norm)
         hooks.finish()
-    except KeyboardInterrupt:
-        hooks.close()
+    except BaseException as e:
+        hooks.close()  # the progress bar (so that the error starts a line of its own) and the logs
+        if not isinstance(e, KeyboardInterrupt):
+            raise
+        if t.is_main:
+            clean_stale(t.run.checkpoints_dir)  # a checkpoint Ctrl-C cut short
         found = list_checkpoints(t.run.checkpoints_dir)
         raise TrainingInterrupted(done, tc.steps, found[-1] if found else None) from None
     return t.run.path

@@ -439,10 +439,9 @@ class Hooks:
                           "scheduler": s.scheduler, "ema": True, **{k: v for k, v in color.items() if v is not None}})
 
     def close(self) -> None:
-        """After Ctrl-C: close the progress bar and the logs, and remove a half-written checkpoint (nothing else)."""
+        """After Ctrl-C or an error: close the progress bar and the logs (nothing exported)."""
         self.bar.close()
-        if self.t.is_main:
-            clean_stale(self.t.run.checkpoints_dir)
+        if self.log is not None:
             self.log.close()
 
     def finish(self) -> None:
