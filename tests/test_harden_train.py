@@ -173,3 +173,20 @@ def test_disk_full_while_checkpointing_removes_the_partial_folder(capsys, tmp_pa
     monkeypatch.undo()
     assert train.main([*args, "train.resume=latest"]) == 0  # what the message says to do works
     assert [p.name for p in list_checkpoints(root)][-1] == "step_0000004"
+
+
+@pytest.mark.slow
+def test_fid_reference_built_once_under_two_processes(tmp_path):
+    """accelerate launch, 2 CPU processes: the main process builds the statistics, the other gets their path."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    proc = subprocess.run([*launch, str(ROOT / "train.py"), "--config", TINY_YAML, *MICRO, *FID,
+                           f"data.cache_dir={cache}", f"train.output_dir={out}"], cwd=tmp_path,
+                          env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    said = [ln for ln in proc.stdout.splitlines() if "reference statistics" in ln]
+    assert len(said) == 1 and "built" in said[0]  # one process built them and said so
+    assert len(list((cache / "fid_ref").glob("*.npz"))) == 1
+    assert len((out / "fid.jsonl").read_text().splitlines()) == 1
