@@ -259,11 +259,14 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
 def _decode(path: Path, resolution: Optional[int]) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if resolution is not None and im.size != (resolution, resolution):
-            im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)  # resize + center crop
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if resolution is not None and im.size != (resolution, resolution):
+                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)  # resize + center crop
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:  # corrupt or truncated file (UnidentifiedImageError: OSError)
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}); remove or replace it") from None
 
 
 def user_cache_dir() -> Path:

@@ -190,3 +190,22 @@ def test_fid_reference_built_once_under_two_processes(tmp_path):
     assert len(said) == 1 and "built" in said[0]  # one process built them and said so
     assert len(list((cache / "fid_ref").glob("*.npz"))) == 1
     assert len((out / "fid.jsonl").read_text().splitlines()) == 1
+
+
+def test_corrupt_image_in_training_folder_names_it(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cogdiff.workflows import train
+
+    folder = tmp_path / "data" / "train" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes((folder / "0.png").read_bytes()[:50])
+    before = snapshot(tmp_path)
+    assert train.main(["--config", TINY_YAML, *MICRO, "data.kind=cifar10", f"data.path={tmp_path / 'data'}",
+                       "data.resolution=null", f"train.output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "bad.png is not a readable image" in err[0], err
+    assert snapshot(tmp_path) == before  # no run folder, no decoded cache
