@@ -27,13 +27,20 @@ def one_line_warnings() -> Iterator[None]:
         yield
 
 
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT), as shells report it
+
+
 def run_cli(body: Callable[[], object], errors: Errors = (ValueError, OSError), fatal: Errors = (),
             warnings_one_line: bool = False) -> int:
     """Run ``body()``: 0 on success (or the int it returns), 2 after printing ``error: <one line>`` for ``errors``
-    (bad input), 1 for ``fatal`` (the run itself failed, e.g. a non-finite loss)."""
+    (bad input), 1 for ``fatal`` (the run itself failed, e.g. a non-finite loss), 130 after Ctrl-C (the
+    interrupt's own message, e.g. where a run stopped and how to continue it, or ``interrupted``)."""
     try:
         with one_line_warnings() if warnings_one_line else contextlib.nullcontext():
             rc = body()
+    except KeyboardInterrupt as e:
+        print(f"error: {one_line(e) or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return INTERRUPTED
     except fatal as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1

@@ -89,7 +89,7 @@ class TrainConfig:
     diag_every: int = 0  # diagnostics.jsonl on a fixed probe batch every N steps; 0 = off
     diag_probe_size: int = 64  # probe images (from the training data, drawn by their own generator)
     fid_num_images: int = 10_000
-    fid_ref: Optional[str] = None  # reference statistics file for cogdiff.metrics.FIDEvaluator
+    fid_ref: Optional[str] = None  # reference statistics (.npz); None: built from the training data (cached)
     fid_weights: Optional[str] = None  # Inception weights (None = the evaluator's default lookup)
     output_dir: Optional[str] = None  # None = runs/<name>
     resume: Optional[str] = None  # None | "latest" | a checkpoint directory

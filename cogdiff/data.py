@@ -259,11 +259,19 @@ def load_image_tree(top: Path, resolution: Optional[int], cache_dir: Optional[st
 def _decode(path: Path, resolution: Optional[int]) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if resolution is not None and im.size != (resolution, resolution):
-            im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)  # resize + center crop
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if resolution is not None and im.size != (resolution, resolution):
+                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)  # resize + center crop
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:  # corrupt or truncated file (UnidentifiedImageError: OSError)
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}); remove or replace it") from None
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cogdiff`` (default ``~/.cache/cogdiff``): caches that are not kept beside the data."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogdiff"
 
 
 def _cache_dirs(data_dir: Path, cache_dir: Optional[str]) -> List[Path]:
@@ -271,7 +279,7 @@ def _cache_dirs(data_dir: Path, cache_dir: Optional[str]) -> List[Path]:
     folder has no write bits, e.g. a shared read-only copy), then ``$XDG_CACHE_HOME/cogdiff``."""
     if cache_dir is not None:
         return [Path(cache_dir)]
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cogdiff"
+    user = user_cache_dir()
     parent = data_dir.parent
     writable = os.access(parent, os.W_OK) and parent.stat().st_mode & 0o222  # root ignores modes: read them too
     return [parent / ".cogdiff_cache", user] if writable else [user]

@@ -14,7 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator, List
+import zipfile
+import zlib
+from typing import Any, Callable, Dict, Iterator, List
 
 import numpy as np
 
@@ -79,6 +81,19 @@ def atomic_savez(path, **arrays) -> None:
     """``np.savez`` (no pickles) written atomically."""
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def load_npz(path) -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles); a truncated or corrupt file is a one-line ``ValueError`` naming it
+    (a missing one stays ``FileNotFoundError``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as e:
+        raise ValueError(f"{os.fspath(path)} is truncated or not a valid .npz ({type(e).__name__}: {e}); "
+                         "write it again (or point to another file)") from None
 
 
 def atomic_save_npy(path, array: np.ndarray) -> None:

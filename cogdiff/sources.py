@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import data_config_from_spec
 from .data import build_dataset
-from .io import IMAGE_EXTENSIONS
+from .io import IMAGE_EXTENSIONS, load_npz
 from .io import list_image_files as _all_image_files
 
 DATASET_PREFIX = "dataset:"
@@ -32,21 +32,53 @@ def list_image_files(folder: str) -> List[str]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """One image file -> uint8 HWC; grayscale stays 1 channel, anything else becomes RGB."""
-    with Image.open(path) as im:
-        im = im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB")
-        a = np.asarray(im, dtype=np.uint8)
+    """One image file -> uint8 HWC; grayscale stays 1 channel, anything else becomes RGB. A file PIL cannot
+    decode (corrupt, truncated, not an image) is a one-line ``ValueError`` naming it."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB")
+            a = np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e}); remove or replace it") from None
     return a[..., None] if a.ndim == 2 else a
+
+
+def _describe(shape: tuple) -> str:
+    h, w, c = shape
+    return f"{h}x{w} {'grayscale' if c == 1 else 'RGB'}"
+
+
+def folder_batches(folder: str, batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 NHWC batches of every image under ``folder``; all must have the first image's size and mode, or a
+    one-line error names two files that differ and the fix (resize, or convert to one mode)."""
+    files = list_image_files(folder)
+    first = None  # (file, shape) of the first image
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for f in files[start : start + batch_size]:
+            a = read_image(f)
+            first = first or (f, a.shape)
+            if a.shape != first[1]:
+                if a.shape[:2] == first[1][:2]:
+                    fix = "convert them to one mode first (all RGB or all grayscale, e.g. PIL's Image.convert('RGB'))"
+                else:
+                    fix = "resize them to one size first"
+                raise ValueError(f"images under {folder!r} differ: {f} is {_describe(a.shape)} but {first[0]} is "
+                                 f"{_describe(first[1])}; {fix}")
+            batch.append(a)
+        yield np.stack(batch)
 
 
 def load_npz_images(path: str) -> np.ndarray:
     """uint8 images from an .npz: the key ``images`` (what sample.py writes) or its only array."""
-    with np.load(path, allow_pickle=False) as z:
-        keys = list(z.keys())
-        key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise ValueError(f"{path} holds {keys}: expected an 'images' array (uint8 NHWC)")
-        images = z[key]
+    arrays = load_npz(path)
+    keys = list(arrays)
+    key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+    if key is None:
+        raise ValueError(f"{path} holds {keys}: expected an 'images' array (uint8 NHWC)")
+    images = arrays[key]
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"{path}:{key} is {images.dtype} {images.shape}; expected uint8 (N, H, W[, C])")
     return images[..., None] if images.ndim == 3 else images
@@ -102,15 +134,7 @@ def iter_source(source: str, batch_size: int = 256) -> Iterator[np.ndarray]:
     if source.startswith(DATASET_PREFIX):
         yield from _dataset_batches(parse_dataset_spec(source), batch_size)
     elif os.path.isdir(source):
-        files = list_image_files(source)
-        for start in range(0, len(files), batch_size):
-            batch = [read_image(f) for f in files[start : start + batch_size]]
-            shapes = {b.shape for b in batch}
-            if len(shapes) != 1:
-                raise ValueError(
-                    f"images under {source!r} differ in size/channels {sorted(shapes)}; resize them to one size first"
-                )
-            yield np.stack(batch)
+        yield from folder_batches(source, batch_size)
     elif source.endswith(".npz") and os.path.isfile(source):
         images = load_npz_images(source)
         for start in range(0, len(images), batch_size):

@@ -124,7 +124,7 @@ def test_dry_run_prints_config_and_size(capsys):
     out = capsys.readouterr().out
     assert "44,255,328 parameters" in out  # U-ViT-S/2: 44.3M in the paper
     assert "'softmax', 'cog'" in out and "not loaded (data.path is not set" in out
-    assert "# fid: every 50000 steps; training will stop: train.fid_ref is not set" in out
+    assert "# fid: every 50000 steps against statistics of the training data (built once, cached in" in out
     printed = yaml.safe_load(out.split("# data:")[0])
     assert printed["model"]["attention_type"] == "cog" and printed["train"]["steps"] == 500_000
     # With data: the model's input shape comes from it.

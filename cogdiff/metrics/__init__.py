@@ -10,13 +10,14 @@ CLI: ``python -m cogdiff.metrics ref SOURCE --out STATS.npz`` and ``... calc SOU
 
 from .evaluator import FIDEvaluator, gather_rows
 from .inception import WEIGHTS_ENV, InceptionFeatures, find_weights
-from .stats import RefStats, compute_ref_stats, fingerprint_images
+from .stats import RefStats, cached_ref_stats, compute_ref_stats, fingerprint_images
 
 __all__ = [
     "FIDEvaluator",
     "InceptionFeatures",
     "RefStats",
     "WEIGHTS_ENV",
+    "cached_ref_stats",
     "compute_ref_stats",
     "find_weights",
     "fingerprint_images",

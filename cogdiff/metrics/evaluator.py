@@ -115,6 +115,10 @@ class FIDEvaluator:
         self.device = self.extractor.device
         self.ref_path = ref_stats
         self.ref = RefStats.load(ref_stats, extractor_id=self.extractor.extractor_id)
+        if len(self.ref.mu) != NUM_FEATURES:  # e.g. pytorch-fid --dims 64: refused before any image is scored
+            raise ValueError(f"{ref_stats} holds {len(self.ref.mu)}-dimensional statistics, but FID here uses the "
+                             f"{NUM_FEATURES}-dimensional pool3 features: rebuild them with "
+                             f"python -m cogdiff.metrics ref SOURCE --out {ref_stats}")
         if self.ref.extractor_id == UNKNOWN:
             warnings.warn(f"{ref_stats} does not record its feature extractor (e.g. a pytorch-fid .npz): its "
                           "preprocessing may differ from ours, so FID against it may be off", stacklevel=2)

@@ -235,6 +235,15 @@ def torch_fidelity_available() -> bool:
 
 def _load_fidelity(path: str) -> nn.Module:
     """torch-fidelity's InceptionV3 with pool3 + unbiased 1008-way logits, from a full weights file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only's unpickler fails on arbitrary bytes with any of a dozen error types
+        raise ValueError(f"{path} is not an Inception weights file: neither a TorchScript network nor a torch state "
+                         f"dict ({type(e).__name__}); pass the FID Inception weights (--weights), e.g. {INSTALL_HINT}"
+                         ) from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    if fc is None or tuple(fc.shape) != (NUM_LOGITS, NUM_FEATURES):
+        raise ValueError(f"{path} is not a full inception-2015-12-05 state dict (no fc.weight of shape (1008, 2048))")
     if not torch_fidelity_available():
         raise RuntimeError(
             f"{path} is a full Inception state dict (with logits); using it needs torch-fidelity: "
@@ -242,10 +251,6 @@ def _load_fidelity(path: str) -> nn.Module:
         )
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    fc = state.get("fc.weight") if isinstance(state, dict) else None
-    if fc is None or tuple(fc.shape) != (NUM_LOGITS, NUM_FEATURES):
-        raise ValueError(f"{path} is not a full inception-2015-12-05 state dict (no fc.weight of shape (1008, 2048))")
     return NoTrainInceptionV3(
         name="inception-v3-compat", features_list=[str(NUM_FEATURES), "logits_unbiased"],
         feature_extractor_weights_path=path, antialias=False,

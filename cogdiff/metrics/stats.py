@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from ..io import atomic_savez
+from ..io import atomic_savez, load_npz
 from .color import ColorStats
 
 FORMAT_VERSION = 1
@@ -135,19 +135,19 @@ class RefStats:
                 f"reference statistics {path!r} not found; build them with: "
                 f"python -m cogdiff.metrics ref SOURCE --out {path}"
             )
-        with np.load(path, allow_pickle=False) as z:
-            if "mu" not in z or "sigma" not in z:
-                raise ValueError(
-                    f"{path} has no 'mu'/'sigma' arrays: not reference statistics "
-                    "(build with python -m cogdiff.metrics ref)"
-                )
-            get = lambda k, d: z[k].item() if k in z else d  # noqa: E731
-            stats = cls(
-                mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), count=int(get("count", 0)),
-                fingerprint=str(get("fingerprint", UNKNOWN)), extractor_id=str(get("extractor_id", UNKNOWN)),
-                kid_features=z["kid_features"] if "kid_features" in z else None, source=str(get("source", "")),
-                color=json.loads(str(z["color"])) if "color" in z else None,
+        z = load_npz(path)  # a truncated file: one line naming it
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(
+                f"{path} has no 'mu'/'sigma' arrays: not reference statistics "
+                "(build with python -m cogdiff.metrics ref)"
             )
+        get = lambda k, d: z[k].item() if k in z else d  # noqa: E731
+        stats = cls(
+            mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), count=int(get("count", 0)),
+            fingerprint=str(get("fingerprint", UNKNOWN)), extractor_id=str(get("extractor_id", UNKNOWN)),
+            kid_features=z.get("kid_features"), source=str(get("source", "")),
+            color=json.loads(str(z["color"])) if "color" in z else None,
+        )
         if stats.mu.ndim != 1 or stats.sigma.shape != (len(stats.mu), len(stats.mu)):
             raise ValueError(f"{path}: mu {stats.mu.shape} and sigma {stats.sigma.shape} do not fit together")
         if extractor_id is not None and stats.extractor_id not in (extractor_id, UNKNOWN):
@@ -257,3 +257,17 @@ def ensure_ref_stats(
     stats = compute_ref_stats(make_batches(), extractor, source, max_kid_features, progress=progress, total=total)
     stats.save(path)
     return stats
+
+
+def cached_ref_stats(cache_dir, make_batches, extractor, source: str = "", progress: bool = False,
+                     total: Optional[int] = None) -> tuple:
+    """Reference statistics kept in ``cache_dir`` under a name made of the images' fingerprint and the feature
+    extractor, so the same images through the same network are scored once. Returns (path, stats, built)."""
+    fp = Fingerprint()
+    for batch in make_batches():
+        fp.update(batch)
+    key = hashlib.sha256(extractor.extractor_id.encode()).hexdigest()[:8]
+    path = os.path.join(os.fspath(cache_dir), f"ref-{fp.hexdigest()[:16]}-{key}.npz")
+    built = not os.path.isfile(path)
+    stats = ensure_ref_stats(path, make_batches, extractor, source, progress=progress, total=total)
+    return path, stats, built

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +28,30 @@ from ..data import DataError, build_dataset
 from ..latents.extract import vae_dir
 from ..models import UViTModel
 from ..rundir import RunDir
-from ..training import export_pipeline, resolve_resume
-from .trainer import Hooks, build_trainer, model_kwargs, resolve_model, train_step
+from ..training import export_pipeline, list_checkpoints, resolve_resume
+from ..training.checkpoint import clean_stale, step_of
+from .trainer import Hooks, build_trainer, fid_ref_cache, model_kwargs, resolve_model, train_step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: the steps done, the newest complete checkpoint and how to continue.
+    ``command`` (set by :func:`main`) is the command line that resumes the run."""
+
+    def __init__(self, done: int, steps: int, checkpoint: Optional[Path], command: Optional[str] = None):
+        super().__init__(done, steps, checkpoint)
+        self.done, self.steps, self.checkpoint, self.command = done, steps, checkpoint, command
+
+    def __str__(self) -> str:
+        head = f"interrupted after step {self.done} of {self.steps}"
+        if self.checkpoint is None:
+            return f"{head}; no checkpoint written yet, so nothing to resume: run the same command again to start over"
+        how = self.command or "the same config and train.output_dir plus train.resume=latest"
+        return f"{head}; last checkpoint {self.checkpoint} (step {step_of(self.checkpoint)}); continue with: {how}"
 
 
 def run_training(cfg: Config) -> Path:
-    """Run (or continue) training as configured; returns the run folder."""
+    """Run (or continue) training as configured; returns the run folder. Ctrl-C raises :class:`TrainingInterrupted`
+    (the checkpoints written so far are kept; a half-written one is removed)."""
     t = build_trainer(cfg)
     hooks = Hooks(t)
     n_params = sum(p.numel() for p in t.raw.parameters())
@@ -40,11 +59,33 @@ def run_training(cfg: Config) -> Path:
     t.accelerator.print(f"{cfg.name}: {n_params / 1e6:.2f}M parameters, {t.data.num_examples} examples "
                         f"{tuple(t.data.shape)}, {t.accelerator.num_processes} process(es) x {tc.grad_accum} x "
                         f"{t.plan.micro} per step, steps {t.start} -> {tc.steps}, run dir {t.run.path}")
-    for step in range(t.start, tc.steps):
-        loss, grad_norm = train_step(t, step)
-        hooks.after_step(step + 1, loss, grad_norm)
-    hooks.finish()
+    done = t.start
+    try:
+        for step in range(t.start, tc.steps):
+            loss, grad_norm = train_step(t, step)
+            done = step + 1
+            hooks.after_step(done, loss, grad_norm)
+        hooks.finish()
+    except BaseException as e:
+        hooks.close()  # the progress bar (so that the error starts a line of its own) and the logs
+        if not isinstance(e, KeyboardInterrupt):
+            raise
+        if t.is_main:
+            clean_stale(t.run.checkpoints_dir)  # a checkpoint Ctrl-C cut short
+        found = list_checkpoints(t.run.checkpoints_dir)
+        raise TrainingInterrupted(done, tc.steps, found[-1] if found else None) from None
     return t.run.path
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues the run ``argv`` started: the same arguments with ``train.resume=latest``
+    (under ``accelerate launch`` with the same number of processes)."""
+    wrapper = Path(sys.argv[0]).name == "train.py" and Path(sys.argv[0]).resolve() != Path(__file__).resolve()
+    script = [sys.argv[0]] if wrapper else ["-m", "cogdiff.workflows.train"]  # python train.py / python -m ...
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["accelerate", "launch", "--num_processes", str(world)] if world > 1 else ["python"]
+    args = [a for a in argv if not a.startswith("train.resume=")] + ["train.resume=latest"]
+    return shlex.join([*launcher, *script, *args])
 
 
 def dry_run(cfg: Config) -> None:
@@ -66,8 +107,11 @@ def dry_run(cfg: Config) -> None:
     fid_line, ref = "off (train.fid_every=0)", cfg.train.fid_ref
     if cfg.train.fid_every > 0:
         fid_line = f"every {cfg.train.fid_every} steps against {ref}"
-        if not ref:
-            fid_line = f"every {cfg.train.fid_every} steps; training will stop: train.fid_ref is not set"
+        if not ref and cfg.data.kind == "latents":
+            fid_line = f"every {cfg.train.fid_every} steps; training will stop: latent data needs train.fid_ref"
+        elif not ref:
+            fid_line = (f"every {cfg.train.fid_every} steps against statistics of the training data "
+                        f"(built once, cached in {fid_ref_cache(cfg)})")
         elif not Path(ref).is_file():
             fid_line = f"every {cfg.train.fid_every} steps; training will stop: train.fid_ref={ref} not found"
     print(cfg.to_yaml(), end="")
@@ -123,8 +167,18 @@ def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    """Bad input (ConfigError, DataError, a bad VAE or FID file): one line, exit 2; a non-finite loss: exit 1."""
-    return run_cli(lambda: _main(parse_args(argv)), (ValueError, OSError), fatal=(FloatingPointError,))
+    """Bad input (ConfigError, DataError, a bad VAE or FID file): one line, exit 2; a non-finite loss: exit 1;
+    Ctrl-C: one line with the step, the last checkpoint and the command that resumes the run, exit 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> None:
+        try:
+            _main(parse_args(argv))
+        except TrainingInterrupted as e:
+            e.command = resume_command(argv)
+            raise
+
+    return run_cli(body, (ValueError, OSError), fatal=(FloatingPointError,))
 
 
 if __name__ == "__main__":

@@ -18,21 +18,25 @@ import dataclasses
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from .. import metrics
 from ..analysis.diagnostics import diagnostics_row, make_probe
 from ..config import Config, ConfigError
-from ..data import build_dataset
+from ..data import build_dataset, user_cache_dir
+from ..metrics.evaluator import DEFAULT_INCEPTION_BATCH
 from ..models import UViTModel, uvit_config
 from ..pipelines import UViTPipeline
 from ..rundir import RunDir, changed_settings, refuse_changed
 from ..sampling import make_scheduler, pipeline_batches
+from ..sources import dataset_batches
 from ..training import (
     EMA,
     BatchPlan,
@@ -136,10 +140,31 @@ def load_vae(cfg: Config, data, device):
         ) from None
 
 
-def make_fid_evaluator(cfg: Config, device):
-    if not cfg.train.fid_ref:
-        raise ConfigError("train.fid_every > 0 needs train.fid_ref=<reference statistics file>")
-    return metrics.FIDEvaluator(cfg.train.fid_ref, device=device, weights=cfg.train.fid_weights)
+def fid_ref_cache(cfg: Config) -> Path:
+    """Where reference statistics of the training data are cached: ``data.cache_dir`` or the user cache."""
+    return Path(cfg.data.cache_dir or user_cache_dir()) / "fid_ref"
+
+
+def training_ref_stats(cfg: Config, data, accelerator) -> str:
+    """``train.fid_ref`` left unset: statistics of the training images as stored (no flips), built once by the main
+    process and cached under :func:`fid_ref_cache` by their fingerprint; returns the file's path."""
+    if cfg.data.kind == "latents":
+        raise ConfigError("train.fid_every > 0 on latent data needs train.fid_ref=<statistics of the real images>: "
+                          "build them with python -m cogdiff.metrics ref IMAGE_FOLDER --out stats.npz")
+    path = [None]
+    if accelerator.is_main_process:
+        extractor = metrics.InceptionFeatures(cfg.train.fid_weights, accelerator.device)
+        path[0], stats, built = metrics.cached_ref_stats(
+            fid_ref_cache(cfg), lambda: dataset_batches(data, DEFAULT_INCEPTION_BATCH), extractor,
+            source=f"training data ({cfg.data.kind}, {cfg.data.path or 'default path'}, {cfg.data.split})")
+        print(f"fid: reference statistics of the training data ({stats.count} images): "
+              f"{'built' if built else 'reusing'} {path[0]} (set train.fid_ref to use others)")
+    return broadcast_object_list(path)[0] if accelerator.num_processes > 1 else path[0]
+
+
+def make_fid_evaluator(cfg: Config, data, accelerator):
+    ref = cfg.train.fid_ref or training_ref_stats(cfg, data, accelerator)
+    return metrics.FIDEvaluator(ref, device=accelerator.device, weights=cfg.train.fid_weights)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -239,7 +264,9 @@ def build_trainer(cfg: Config) -> Trainer:
     noise_scheduler = make_noise_scheduler(cfg.diffusion, latent=cfg.data.kind == "latents")
     sample_scheduler = make_scheduler(cfg.sample.scheduler, noise_scheduler.config)
     vae = load_vae(cfg, data, accelerator.device)
-    fid = make_fid_evaluator(cfg, accelerator.device) if tc.fid_every > 0 else None  # every process scores its share
+    fid = make_fid_evaluator(cfg, data, accelerator) if tc.fid_every > 0 else None  # every process scores its share
+    if fid is not None and not tc.fid_ref:  # config.yaml records the statistics the run is scored against
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, fid_ref=fid.ref_path))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
     )
@@ -411,6 +438,12 @@ class Hooks:
             color = {"color": result.get("color"), "color_ref": getattr(ref, "color", None)}
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
                           "scheduler": s.scheduler, "ema": True, **{k: v for k, v in color.items() if v is not None}})
+
+    def close(self) -> None:
+        """After Ctrl-C or an error: close the progress bar and the logs (nothing exported)."""
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
 
     def finish(self) -> None:
         """Export the final pipeline (EMA weights + raw variant) and close the logs."""
