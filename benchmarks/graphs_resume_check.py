@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 def train(args, out: str, steps: int, graphs: bool, *extra: str) -> None:
     config = f"configs/cifar10_uvit_s2_{args.attention}.yaml"
-    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", config, f"data.path={args.data}",
+    data = ["data.kind=synthetic", "data.resolution=32"] if args.data == "synthetic" else [f"data.path={args.data}"]
+    cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", config, *data,
            f"train.steps={steps}", "train.compile=true",
            f"train.cuda_graphs={'true' if graphs else 'false'}", "train.log_every=20", "train.sample_every=0",
            "train.fid_every=0", "train.diag_every=0", f"train.checkpoint_every={args.steps}", "train.keep_last=0",
@@ -48,7 +49,7 @@ def losses(out: str) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="CIFAR-10 folder (data.path)")
+    ap.add_argument("--data", required=True, help="CIFAR-10 folder (data.path), or 'synthetic'")
     ap.add_argument("--steps", type=int, default=200, help="steps before the interruption (the runs go to 2x)")
     ap.add_argument("--attention", default="cog", choices=["softmax", "cog"])
     ap.add_argument("--loss-tol", type=float, default=0.02)

@@ -62,6 +62,7 @@ def main(argv=None) -> int:
                     help="CIFAR-10 folder (data.path), or 'synthetic' for generated 3x32x32 images (same step cost)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--attention", default="softmax,cog", help="comma-separated, run in this order (softmax,cog)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--skip", type=int, default=200, help="steps left out of the median (compilation, capture)")
     ap.add_argument("--out", default="benchmarks/results/train_loop_graphs_h200.json")
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):  # interleaved, so drift over time hits every variant alike
-            for attention in CONFIGS:
+            for attention in args.attention.split(","):
                 for graphs in (False, True):
                     runs.append(run_once(attention, graphs, args, os.path.join(tmp, f"{attention}_{graphs}_{rep}")))
                     print(json.dumps(runs[-1]), flush=True)
