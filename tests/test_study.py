@@ -123,3 +123,15 @@ def test_gpu_slots_evaluate_each_run_in_its_own_process(study, tmp_path, monkeyp
     assert list((one / "runs").glob("*/seed*")) == [one / "runs" / "qknorm" / "seed0"]
     assert study_main(["evaluate", str(one), "qknorm", "0"]) == 0  # already scored: nothing to do
     assert json.loads((one / "runs" / "qknorm" / "seed0" / "eval" / "compare.json").read_text()) == rec
+
+
+def test_summary_marks_incomplete_runs():
+    from cogdiff.workflows.study_report import summary_markdown
+
+    run = dict(seed=0, steps=1600, fid_ema=None, fid_raw=None, kid_ema=None, kid_raw=None, commit="abc")
+    res = dict(study="s", protocol=dict(steps=2000, batch_size=8, final_n=4, scheduler="dpm++", sample_steps=2),
+               baseline="a", floor=None,
+               arms=[dict(name="a", runs=[run]), dict(name="b", runs=[{**run, "steps": 2000}])])
+    text = summary_markdown(res, [])
+    assert "| a | 0 | 1600 (incomplete) |" in text and "| b | 0 | 2000 |" in text
+    assert "incomplete (a partial record; not in the means): a seed 0 (1600 of 2000 steps)" in text

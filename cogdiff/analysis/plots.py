@@ -202,3 +202,37 @@ def plot_curves(
     fig.tight_layout()
     save_figure(fig, path, dpi)
     return fig
+
+
+def plot_block_stats(
+    runs: Mapping[str, Sequence[Mapping]],
+    keys: Sequence[str],
+    path,
+    dpi: int = 80,
+) -> Figure:
+    """Per-block diagnostics over training: one row per run, one column per statistic in ``keys``, one line per
+    block coloured by depth (a colour bar instead of a legend). ``runs`` maps a run's name to its
+    ``diagnostics.jsonl`` rows (``{"step": s, "blocks": [{key: value, ...}, ...]}``)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    depth = max(len(rows[0]["blocks"]) for rows in runs.values())
+    norm, cmap = Normalize(0, max(depth - 1, 1)), colormaps["viridis"]
+    fig = new_figure(3.6 * len(keys) + 0.8, 2.6 * len(runs))
+    axes = fig.subplots(len(runs), len(keys), squeeze=False, gridspec_kw=dict(hspace=0.55, wspace=0.3))
+    for i, (name, rows) in enumerate(runs.items()):
+        steps = [r["step"] for r in rows]
+        for j, key in enumerate(keys):
+            ax = axes[i][j]
+            for b in range(len(rows[0]["blocks"])):
+                y = [r["blocks"][b].get(key) for r in rows]
+                ax.plot(steps, [np.nan if v is None else v for v in y], color=cmap(norm(b)), lw=1.2,
+                        marker="o" if len(steps) < 8 else None, markersize=3)
+            ax.set_title(f"{name}: {key}", fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label="block (0 = first in-block)")
+    save_figure(fig, path, dpi)
+    return fig

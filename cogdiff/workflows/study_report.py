@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import yaml
 
-from ..analysis.plots import plot_curves
+from ..analysis.plots import plot_block_stats, plot_curves
 from ..analysis.runs import series
 from ..grids import labeled_rows, save_png
 from ..io import atomic_save_with, atomic_write_json, atomic_write_text
@@ -100,9 +100,14 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
              f"({p['scheduler']}, {p['sample_steps']} steps, the same image seeds for every arm).", "",
              "| arm | seed | steps | FID EMA | FID raw | KID EMA | KID raw | commit |",
              "|---|---|---|---|---|---|---|---|"]
+    short = [f"{a['name']} seed {r['seed']} ({r['steps']} of {p['steps']} steps)" for a in res["arms"]
+             for r in a["runs"] if r["steps"] < p["steps"]]
+    if short:
+        notes = [f"incomplete (a partial record; not in the means): {', '.join(short)}", *notes]
     for arm in res["arms"]:
         for r in arm["runs"]:
-            lines.append(f"| {arm['name']} | {r['seed']} | {r['steps']} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
+            steps = r["steps"] if r["steps"] >= p["steps"] else f"{r['steps']} (incomplete)"
+            lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
                          f"{_f(r['kid_ema'], 5)} | {_f(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
     lines += ["", "| arm | seeds | FID EMA mean | sd | FID raw mean | sd | Δ FID EMA vs " + res["baseline"] + " |",
               "|---|---|---|---|---|---|---|"]
@@ -168,11 +173,7 @@ def _diag_plots(runs, base, baseline: str, dest: Path) -> List[str]:
         atomic_save_with(dest / "loss_by_t_diff.png", lambda t: plot_curves(
             {f"{k}: loss_by_t - {baseline}": v for k, v in panels.items()}, t, xlabel="timestep bin (x100)"),
             suffix=".png")
-    per_block = {}
-    for key in DIAG_KEYS:
-        per_block[key] = {f"{name} b{j}": ([r["step"] for r in rows], [r["blocks"][j][key] for r in rows])
-                          for name, rows in diag.items() for j in range(len(rows[0]["blocks"]))}
-    atomic_save_with(dest / "diagnostics.png", lambda t: plot_curves(per_block, t), suffix=".png")
+    atomic_save_with(dest / "diagnostics.png", lambda t: plot_block_stats(diag, DIAG_KEYS, t), suffix=".png")
     return []
 
 
