@@ -1,4 +1,4 @@
-"""cogdiff.rundir helpers that need no training run."""
+"""Small library and workflow helpers that need no training run: provenance, run_training_process, plots."""
 
 
 def test_git_commit_outside_git_uses_the_environment(tmp_path, monkeypatch):
@@ -9,3 +9,35 @@ def test_git_commit_outside_git_uses_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("COGDIFF_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"
     assert git_commit() not in ("unknown", "abc123")  # inside this checkout git wins
+
+
+def test_run_training_process_passes_env_and_threads(monkeypatch, tmp_path):
+    import subprocess
+
+    from cogdiff.workflows import train
+
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(train.subprocess, "run", fake_run)
+    out = train.run_training_process("configs/tiny.yaml", tmp_path / "r", ["train.steps=2"], threads=2,
+                                     env={"CUDA_VISIBLE_DEVICES": "1"})
+    assert out == str(tmp_path / "r")
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1" and seen["env"]["OMP_NUM_THREADS"] == "2"
+    assert seen["cmd"][-1] == "train.steps=2" and f"train.output_dir={tmp_path / 'r'}" in seen["cmd"]
+
+
+def test_plot_block_stats_draws_every_run(tmp_path):
+    from cogdiff.analysis.plots import plot_block_stats
+
+    rows = [{"step": s, "blocks": [{"logit_absmax": s * (b + 1.0), "neg_share": None if b == 0 else 0.3}
+                                   for b in range(3)]} for s in (500, 1000)]
+    fig = plot_block_stats({"a/s0": rows, "b/s0": rows[:1]}, ["logit_absmax", "neg_share"], tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["a/s0: logit_absmax", "a/s0: neg_share", "b/s0: logit_absmax",
+                                               "b/s0: neg_share"]
+    assert len(axes[0].lines) == 3  # one line per block

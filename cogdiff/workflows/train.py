@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -130,11 +130,13 @@ def export(cfg: Config, checkpoint: str) -> Path:
     return export_pipeline(ckpt, run.pipeline_dir)
 
 
-def run_training_process(config, output_dir, overrides: Sequence[str] = (), threads: Optional[int] = 1) -> str:
+def run_training_process(config, output_dir, overrides: Sequence[str] = (), threads: Optional[int] = 1,
+                         env: Optional[Mapping[str, str]] = None) -> str:
     """``python -m cogdiff.workflows.train --config CONFIG train.output_dir=OUT OVERRIDES`` in a subprocess (a fresh
     process per run, e.g. from a notebook); returns the run folder. ``threads`` sets OMP_NUM_THREADS for it (None:
-    inherit). Raises RuntimeError with the end of the output if it fails."""
-    env = dict(os.environ)
+    inherit); ``env`` adds or replaces environment variables (e.g. ``{"CUDA_VISIBLE_DEVICES": "1"}``). Raises
+    RuntimeError with the end of the output if it fails."""
+    env = {**os.environ, **(env or {})}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "cogdiff.workflows.train", "--config", os.fspath(config),
