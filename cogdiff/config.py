@@ -64,6 +64,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 2500  # linear warm-up, then constant (diffusers "constant_with_warmup")
     grad_clip: float = 0.0  # max global grad norm; 0 = no clipping (the norm is still logged)
+    # auto (fused on CUDA, the default foreach update elsewhere) | true | false: torch's fused AdamW kernel
+    fused: Union[bool, str] = "auto"
 
 
 @dataclass
@@ -120,6 +122,7 @@ CHOICES = {
     ("diffusion", "prediction_type"): PREDICTION_TYPES,
     ("train", "mixed_precision"): MIXED_PRECISION,
     ("train", "cuda_graphs"): ("auto", "true", "false"),
+    ("optim", "fused"): ("auto", "true", "false"),
     ("sample", "scheduler"): SAMPLE_SCHEDULER_NAMES,
 }
 
@@ -174,7 +177,7 @@ class Config:
         value = _convert(value, hints[key], dotted, from_string)
         if (section, key) == ("sample", "scheduler"):
             value = SCHEDULER_ALIASES.get(value, value)
-        if (section, key) == ("train", "cuda_graphs"):
+        if (section, key) in (("train", "cuda_graphs"), ("optim", "fused")):
             value = str(value).lower()  # YAML true/false -> "true"/"false"
         choices = CHOICES.get((section, key))
         if choices is not None and value not in choices:

@@ -1,6 +1,9 @@
 """Small library and workflow helpers that need no training run: provenance, run_training_process, plots."""
 
 
+import pytest
+
+
 def test_git_commit_outside_git_uses_the_environment(tmp_path, monkeypatch):
     from cogdiff.rundir import git_commit
 
@@ -41,3 +44,16 @@ def test_plot_block_stats_draws_every_run(tmp_path):
     assert [ax.get_title() for ax in axes] == ["a/s0: logit_absmax", "a/s0: neg_share", "b/s0: logit_absmax",
                                                "b/s0: neg_share"]
     assert len(axes[0].lines) == 3  # one line per block
+
+
+def test_fused_adamw_setting():
+    from cogdiff.config import ConfigError, load_config
+    from cogdiff.workflows.trainer import adamw_kernel
+
+    assert adamw_kernel("auto", "cuda") == {"fused": True} and adamw_kernel("auto", "cpu") == {}
+    assert adamw_kernel("false", "cuda") == {} and adamw_kernel("true", "cuda") == {"fused": True}
+    with pytest.raises(ConfigError, match="optim.fused=auto"):
+        adamw_kernel("true", "cpu")
+    assert load_config("configs/tiny.yaml", ["optim.fused=false"]).optim.fused == "false"
+    with pytest.raises(ConfigError, match="optim.fused must be one of"):
+        load_config("configs/tiny.yaml", ["optim.fused=maybe"])

@@ -268,7 +268,8 @@ def build_trainer(cfg: Config) -> Trainer:
     if fid is not None and not tc.fid_ref:  # config.yaml records the statistics the run is scored against
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, fid_ref=fid.ref_path))
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+        **adamw_kernel(o.fused, device_type.type),
     )
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the LR schedule is stepped by hand, once per step
@@ -280,6 +281,13 @@ def build_trainer(cfg: Config) -> Trainer:
     if resume_from is not None:
         trainer.restore(resume_from)
     return trainer
+
+
+def adamw_kernel(fused: str, device_type: str) -> dict:
+    """AdamW's update kernel for ``optim.fused``: one fused kernel on CUDA (auto/true), else torch's default."""
+    if fused == "true" and device_type != "cuda":
+        raise ConfigError(f"optim.fused=true needs a CUDA device (this run is on {device_type}); use optim.fused=auto")
+    return {"fused": True} if fused == "true" or (fused == "auto" and device_type == "cuda") else {}
 
 
 # ----------------------------------------------------------------------------- one step
