@@ -71,7 +71,7 @@ def test_tiny_config_lowers_the_loss(tiny_run):
     out, cfg = tiny_run
     m = rows(out / "metrics.jsonl")
     assert [r["step"] for r in m] == [25, 50, 75, 100, 125, 150]
-    assert set(m[0]) == {"step", "loss", "lr", "grad_norm", "images_per_s"}  # + gpu_mem_gb on CUDA
+    assert set(m[0]) == {"step", "loss", "lr", "grad_norm", "images_per_s", "time"}  # + gpu_mem_gb on CUDA
     assert m[-1]["loss"] < 0.7 * m[0]["loss"], [r["loss"] for r in m]
     assert m[-1]["lr"] == pytest.approx(cfg.optim.lr)
     assert all(np.isfinite(r["grad_norm"]) and r["images_per_s"] > 0 for r in m)
