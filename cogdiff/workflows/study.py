@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import yaml
 
@@ -150,6 +150,30 @@ def train_all(study: dict, data, out, ref: Optional[str] = None) -> None:
             if slots[g] is None and todo:
                 arm, seed = todo.pop(0)
                 slots[g] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed)
+        time.sleep(0.2)
+    if failed:
+        raise RuntimeError(f"training failed: {'; '.join(failed)}")
+
+
+def train_side_by_side(study: dict, data, out, slots: List[Optional[str]], ref: Optional[str] = None,
+                       poll: Optional[Callable[[], None]] = None) -> None:
+    """Like :func:`train_all` with explicit ``slots``: up to ``len(slots)`` runs at a time, one per slot (a GPU id,
+    or None for a CPU process; ``[None, None]`` trains two runs side by side on a 2-core CPU). ``poll()`` is called
+    about five times a second while they run (e.g. to draw progress from the run folders)."""
+    todo = pending(study, out)
+    jobs: List[Optional[tuple]] = [None] * len(slots)
+    failed = []
+    while todo or any(jobs):
+        for i, job in enumerate(jobs):
+            if job is not None and job[0].poll() is not None:
+                if job[0].returncode != 0:
+                    failed.append(f"{job[1]} seed {job[2]} (exit {job[0].returncode}, see {out}/logs)")
+                jobs[i] = job = None
+            if job is None and todo:
+                arm, seed = todo.pop(0)
+                jobs[i] = (_launch(study, arm, seed, data, out, slots[i], ref), arm["name"], seed)
+        if poll is not None:
+            poll()
         time.sleep(0.2)
     if failed:
         raise RuntimeError(f"training failed: {'; '.join(failed)}")
