@@ -207,8 +207,9 @@ def plot_summary(losses: Dict[str, tuple], rows: List[dict], n_ref: int, path: P
 def results_markdown(rows: List[dict], checks: Dict[str, dict], info: dict) -> str:
     """The table: KID first (unbiased at small N) with its N, FID beside it, the sample check."""
     n, n_ref = rows[0]["num_images"], info["ref_count"]
-    lines = [f"{info['steps']} training steps per model; {n} samples each ({info['sampler']}, {info['sample_steps']} "
-             f"steps, the same seeds) against {n_ref} real images.", "",
+    lines = [f"{info['steps']} training steps per model (batch {info['batch_size']}); {n} samples each "
+             f"({info['sampler']}, {info['sample_steps']} steps, guidance {info['guidance']}, the same seeds) against "
+             f"{n_ref} real images.", "",
              f"| model | attention | KID-{n} (± sd) | FID-{n} | noise-like samples | params |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -295,13 +296,21 @@ def evaluate(study: dict, runs: Dict[str, RunDir], ref: str, out: Path, device) 
     """Both models' EMA weights: the same samples (seeds, sampler, N) scored against the same reference."""
     from .compare import compare
 
-    p = study["protocol"]
-    say(f"sampling {p['final_n']} images per model ({p['scheduler']}, {p['sample_steps']} steps) and scoring them "
-        f"(Inception features); then {GRID * GRID} per model for the grids")
+    p, guidance = study["protocol"], guidance_of(runs)
+    say(f"sampling {p['final_n']} images per model ({p['scheduler']}, {p['sample_steps']} steps, guidance {guidance}) "
+        f"and scoring them (Inception features); then {GRID * GRID} per model for the grids")
     return compare([str(r.path) for r in runs.values()], ref, str(out / "compare"), labels=list(runs),
                    num_images=p["final_n"], scheduler=p["scheduler"], steps=p["sample_steps"],
-                   batch_size=p["eval_batch"], seed=0, device=device, grid_images=GRID * GRID, progress=True,
-                   command="python -m cogdiff.demo " + " ".join(sys.argv[1:]))
+                   batch_size=p["eval_batch"], seed=0, guidance_scale=guidance, device=device,
+                   grid_images=GRID * GRID, progress=True, command="python -m cogdiff.demo " + " ".join(sys.argv[1:]))
+
+
+def guidance_of(runs: Dict[str, RunDir]) -> float:
+    """The classifier-free guidance scale of the runs' configs (``sample.guidance_scale``; the same for all)."""
+    scales = {float((r.config() or {}).get("sample", {}).get("guidance_scale", 1.0)) for r in runs.values()}
+    if len(scales) != 1:
+        raise ValueError(f"the runs were trained with different sample.guidance_scale {sorted(scales)}; use one")
+    return scales.pop()
 
 
 def report(rec: dict, runs: Dict[str, RunDir], real: np.ndarray, info: dict, out: Path) -> dict:
@@ -358,7 +367,8 @@ def run_demo(args) -> dict:
     lap("evaluate_s")
     p = study["protocol"]
     info = dict(data=args.data, steps=p["steps"], batch_size=p["batch_size"], sampler=p["scheduler"],
-                sample_steps=p["sample_steps"], ref_count=len(real), ref_origin=origin, study=args.study)
+                sample_steps=p["sample_steps"], guidance=rec["protocol"]["guidance_scale"], ref_count=len(real),
+                ref_origin=origin, study=args.study)
     demo = report(rec, runs, real, info, out)
     lap("report_s")
     demo.update(stages=stage, wall_s=round(time.perf_counter() - t0, 1))
