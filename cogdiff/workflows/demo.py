@@ -188,7 +188,7 @@ def plot_summary(losses: Dict[str, tuple], rows: List[dict], n_ref: int, path: P
     for name, (x, y) in losses.items():
         ax.plot(x, y, label=name)
     ax.set_yscale("log")
-    ax.set(xlabel="training step", ylabel="training loss (MSE of the noise, log)", title="training loss")
+    ax.set(xlabel="training step", ylabel="training loss (diffusion MSE, log scale)", title="training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     ax = fig.add_subplot(1, 2, 2)
