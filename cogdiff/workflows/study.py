@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import yaml
 
@@ -165,28 +165,38 @@ def _launch_eval(arm: str, seed: int, out, gpu: str) -> subprocess.Popen:
     return _popen(cmd, _log(out, arm, seed), gpu)
 
 
-def train_all(study: dict, data, out, ref: Optional[str] = None, only=(), device=None, per_gpu: int = 1) -> None:
-    """Train every pending (arm, seed): ``per_gpu`` at a time on each visible GPU, each evaluated on its GPU once
-    trained (in a subprocess, so the others keep training); without GPUs one after the other, evaluated here."""
+def gpu_slots(per_gpu: int = 1) -> List[Optional[str]]:
+    """One slot per run that may train at once: each visible GPU ``per_gpu`` times, else one CPU slot (None)."""
+    return [g for g in visible_gpus() for _ in range(per_gpu)] or [None]
+
+
+def train_all(study: dict, data, out, ref: Optional[str] = None, only=(), device=None,
+              slots: Optional[List[Optional[str]]] = None, poll: Optional[Callable[[], None]] = None,
+              evaluate_each: bool = True) -> None:
+    """Train every pending (arm, seed), one per slot at a time (``slots``: GPU ids, None for a CPU process; default
+    :func:`gpu_slots`). With ``evaluate_each`` (and ``ref``) a run is scored as soon as it has trained: on a GPU slot
+    in a subprocess (``python -m cogdiff.study evaluate``), so the other slots keep training; on a CPU slot here.
+    ``poll()`` is called about five times a second (e.g. to draw progress from the run folders)."""
     todo = pending(study, out, only)
-    gpus = [g for g in visible_gpus() for _ in range(per_gpu)]
-    slots: List[Optional[tuple]] = [None] * max(len(gpus), 1)
+    slots = gpu_slots() if slots is None else slots
+    jobs: List[Optional[tuple]] = [None] * len(slots)
     failed = []
-    while todo or any(slots):
-        for i, job in enumerate(slots):
-            g = gpus[i] if gpus else None
+    while todo or any(jobs):
+        for i, (g, job) in enumerate(zip(slots, jobs)):
             if job is not None and job[0].poll() is not None:
                 proc, arm, seed, phase = job
-                slots[i] = None
+                jobs[i] = None
                 if proc.returncode != 0:
                     failed.append(f"{phase} {arm} seed {seed} (exit {proc.returncode}, see {_log(out, arm, seed)})")
-                elif phase == "train" and ref is not None and g is not None:
-                    slots[i] = (_launch_eval(arm, seed, out, g), arm, seed, "evaluate")
-                elif phase == "train" and ref is not None:
+                elif phase == "train" and evaluate_each and ref is not None and g is not None:
+                    jobs[i] = (_launch_eval(arm, seed, out, g), arm, seed, "evaluate")
+                elif phase == "train" and evaluate_each and ref is not None:
                     evaluate_run(study, out, arm, seed, ref, device)
-            if slots[i] is None and todo:
+            if jobs[i] is None and todo:
                 arm, seed = todo.pop(0)
-                slots[i] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed, "train")
+                jobs[i] = (_launch(study, arm, seed, data, out, g, ref), arm["name"], seed, "train")
+        if poll is not None:
+            poll()
         time.sleep(0.2)
     if failed:
         raise RuntimeError(f"failed: {'; '.join(failed)}")
@@ -295,7 +305,7 @@ def run_study(study_file, data, out, device=None, progress: bool = False, overri
     atomic_write_text(Path(out) / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     ref = ensure_ref(study, data, out, device)
     score_floor(study, data, out, ref, device)
-    train_all(study, data, out, ref, only, device, per_gpu)
+    train_all(study, data, out, ref, only, device, gpu_slots(per_gpu))
     evaluate(study, out, ref, device, progress, only)
     return study_report([out], study=study)
 
