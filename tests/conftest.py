@@ -13,3 +13,13 @@ MICRO = ["data.kind=synthetic", "data.resolution=16", "model.patch_size=4", "mod
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a busy
+    2-core machine two OpenMP threads run several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

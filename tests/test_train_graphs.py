@@ -20,12 +20,7 @@ def cfg_of(*extra):
     return load_config(TINY_YAML, [*MICRO, *extra])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("text, expected", [("auto", "auto"), ("true", "true"), ("False", "false")])
