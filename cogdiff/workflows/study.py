@@ -24,7 +24,7 @@ OUT holds ``stats/ref.npz``, ``floor.json``, ``runs/<arm>/seed<s>/`` (a training
 arm) and ``logs/``. Re-running continues interrupted runs and skips finished ones; arms or seeds added to the
 file later run alone. With GPUs visible, runs go one per GPU side by side, each evaluated on its GPU as soon as it
 has trained; otherwise one after the other. ``--only A0_cog:0 --only A1_qknorm_cog`` limits a call to some runs
-(arm name, optionally ``:seed``), e.g. to split a study over machines or sittings.
+(arm name, optionally ``:seed``), e.g. to split a study over machines or days.
 """
 
 from __future__ import annotations
