@@ -63,11 +63,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--attention", default="softmax,cog", help="comma-separated, run in this order (softmax,cog)")
+    ap.add_argument("--graphs", default="off,on", help="CUDA-graphs settings to run, comma-separated (off,on)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--skip", type=int, default=200, help="steps left out of the median (compilation, capture)")
     ap.add_argument("--out", default="benchmarks/results/train_loop_graphs_h200.json")
     ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
     args = ap.parse_args(argv)
+    settings = {"off": False, "on": True}
+    if not set(args.graphs.split(",")) <= set(settings):
+        ap.error(f"--graphs {args.graphs!r}: use a comma-separated list of off and on")
 
     import torch
 
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):  # interleaved, so drift over time hits every variant alike
             for attention in args.attention.split(","):
-                for graphs in (False, True):
+                for graphs in (settings[g] for g in args.graphs.split(",")):
                     runs.append(run_once(attention, graphs, args, os.path.join(tmp, f"{attention}_{graphs}_{rep}")))
                     print(json.dumps(runs[-1]), flush=True)
                     atomic_write_json(args.out, {"runs": runs})  # after every run: a cut-short benchmark keeps its rows
