@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from typing import Callable, Iterator, Tuple, Type
@@ -39,7 +40,8 @@ def run_cli(body: Callable[[], object], errors: Errors = (ValueError, OSError), 
         with one_line_warnings() if warnings_one_line else contextlib.nullcontext():
             rc = body()
     except KeyboardInterrupt as e:
-        print(f"error: {one_line(e) or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun every process gets the Ctrl-C: say it once
+            print(f"error: {one_line(e) or 'interrupted (Ctrl-C)'}", file=sys.stderr)
         return INTERRUPTED
     except fatal as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -209,3 +209,20 @@ def test_corrupt_image_in_training_folder_names_it(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "bad.png is not a readable image" in err[0], err
     assert snapshot(tmp_path) == before  # no run folder, no decoded cache
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_ctrl_c_message_once_per_multi_process_run(monkeypatch, capsys, rank, printed):
+    """Under accelerate every process gets the Ctrl-C: only rank 0 prints the message; all exit 130."""
+    from cogdiff.cli import INTERRUPTED, run_cli
+    from cogdiff.workflows.train import TrainingInterrupted
+
+    monkeypatch.setenv("RANK", rank)
+
+    def body():
+        raise TrainingInterrupted(7, 100, None)
+
+    assert run_cli(body) == INTERRUPTED
+    err = capsys.readouterr().err
+    assert ("interrupted after step 7 of 100" in err) is printed
+    assert "Traceback" not in err
