@@ -135,3 +135,33 @@ def test_summary_marks_incomplete_runs():
     text = summary_markdown(res, [])
     assert "| a | 0 | 1600 (incomplete) |" in text and "| b | 0 | 2000 |" in text
     assert "incomplete (a partial record; not in the means): a seed 0 (1600 of 2000 steps)" in text
+
+
+def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
+    """The gap in results.json and summary.md is the arm's probe loss_by_t minus the baseline's, bin by bin, at
+    the steps both logged; an arm without a same-seed baseline run gets none."""
+    from cogdiff.workflows.study_report import study_report
+
+    def run(arm, seed, by_step):
+        d = tmp_path / "out" / "runs" / arm / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(dict(step=s, loss=0.1, time=s)) + "\n" for s in by_step))
+        (d / "diagnostics.jsonl").write_text("".join(
+            json.dumps(dict(step=s, loss_by_t=v, blocks=[dict(logit_absmax=1.0)])) + "\n" for s, v in by_step.items()))
+
+    run("base", 0, {5: [0.5, 0.4, 0.3, 0.2], 10: [0.4, 0.3, 0.2, 0.1]})
+    run("arm", 0, {5: [0.25, 0.5, 0.3, 0.1], 10: [0.5, 0.3, 0.15, 0.1], 15: [9.0, 9.0, 9.0, 9.0]})
+    run("arm", 1, {5: [0.1, 0.1, 0.1, 0.1]})  # no baseline run with seed 1
+    study = dict(name="g", baseline="base", arms=[dict(name="base", overrides={}), dict(name="arm", overrides={})],
+                 protocol=dict(steps=10, batch_size=2, final_n=4, scheduler="ddim", sample_steps=2, fid_every=5))
+    dest = study_report([str(tmp_path / "out")], study=study)
+    res = json.loads((dest / "results.json").read_text())
+    runs = {r["seed"]: r for r in res["arms"][1]["runs"]}
+    steps = [g[0] for g in runs[0]["loss_by_t_gap"]]
+    gaps = [g[1] for g in runs[0]["loss_by_t_gap"]]
+    assert steps == [5, 10] and "loss_by_t_gap" not in runs[1]
+    assert gaps[0] == pytest.approx([-0.25, 0.1, 0.0, -0.1]) and gaps[1] == pytest.approx([0.1, 0.0, -0.05, 0.0])
+    text = (dest / "summary.md").read_text()
+    assert "| arm/s0 | 5 | -0.2500 | +0.1000 | 0.1000 |" in text
+    assert "| arm/s0 | 10 | +0.1000 | +0.0000 | 0.0500 |" in text
+    assert (dest / "loss_by_t_gap.png").is_file() and (dest / "loss_by_t_diff.png").is_file()

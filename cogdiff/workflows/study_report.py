@@ -2,8 +2,10 @@
 
 results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
 fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
-baseline arm) and plots: fid_vs_step.png, loss_diff.png, loss_by_t_diff.png, diagnostics.png, samples.png. A plot
-whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md.
+baseline arm, the probe's loss by noise level vs the baseline) and plots: fid_vs_step.png, loss_diff.png,
+loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, samples.png. A plot whose inputs no run has (no FID or
+diagnostics logged) is skipped with a note in summary.md. Each run that has a same-seed baseline run and
+diagnostics also gets ``loss_by_t_gap`` in results.json: ``[[step, [gap per timestep bin]], ...]``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def results(outs: List[str], study: dict) -> dict:
     overrides = {a["name"]: a["overrides"] for a in study["arms"]}
     arms = [dict(name=n, overrides=overrides.get(n, {}),
                  runs=[run_record(r) for _, r in sorted(runs.get(n, {}).items())]) for n in order if n in runs]
+    gaps = loss_by_t_gaps(runs, study["baseline"])
+    for arm in arms:
+        for rec in arm["runs"]:
+            steps, d = gaps.get(f"{arm['name']}/s{rec['seed']}", ([], []))
+            if steps:
+                rec["loss_by_t_gap"] = [[st, [float(v) for v in g]] for st, g in zip(steps, d)]
     floor = next((f for f in (_json(Path(o, "floor.json")) for o in outs) if f), None)
     return dict(study=study["name"], protocol=study["protocol"], baseline=study["baseline"], arms=arms,
                 floor=dict(fid=floor["fid"], source=floor["source"]) if floor else None)
@@ -119,9 +127,29 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
         delta = me - base_mean if me is not None and base_mean is not None else None
         lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me)} | {_f(se)} | {_f(mr)} | {_f(sr)} | "
                      f"{'+' if delta and delta > 0 else ''}{_f(delta)} |")
+    lines += gap_table(res)
     if res["floor"]:
         lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def gap_table(res: dict) -> List[str]:
+    """Markdown lines: per run with a ``loss_by_t_gap``, the gap in the two lowest-noise bins and the largest |gap|
+    of the other bins, at every ``fid_every`` step (or four evenly spaced logged steps) and the last one."""
+    every = res["protocol"].get("fid_every") or 0
+    rows = []
+    for arm in res["arms"]:
+        for r in arm["runs"]:
+            gap = r.get("loss_by_t_gap") or []
+            pick = [g for g in gap if every and g[0] % every == 0] or gap[:: max(1, len(gap) // 4)]
+            pick += [gap[-1]] if gap and gap[-1] not in pick else []
+            rows += [f"| {arm['name']}/s{r['seed']} | {st} | {d[0]:+.4f} | {d[1]:+.4f} | "
+                     f"{max(abs(v) for v in d[2:]):.4f} |" for st, d in pick if len(d) > 2]
+    if not rows:
+        return []
+    head = f"Probe loss by timestep bin minus {res['baseline']}'s (same seed, raw weights; bin 0 = the lowest noise):"
+    return ["", head,
+            "", "| run | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|", *rows]
 
 
 def _curves(runs, key, rows_of) -> dict:
@@ -153,26 +181,45 @@ def plots(runs: Dict[str, Dict[int, RunDir]], baseline: str, dest: Path) -> List
                 loss[f"{a}/s{s}"] = (x, [float(v) for v in d])
     if loss:
         atomic_save_with(dest / "loss_diff.png", lambda t: plot_curves({f"loss - {baseline}": loss}, t), suffix=".png")
-    notes += _diag_plots(runs, base, baseline, dest)
+    notes += _diag_plots(runs, baseline, dest)
     return notes
 
 
-def _diag_plots(runs, base, baseline: str, dest: Path) -> List[str]:
+def loss_by_t_gaps(runs: Dict[str, Dict[int, RunDir]], baseline: str, key: str = "loss_by_t") -> Dict[str, tuple]:
+    """'arm/sSEED' -> (steps, gaps): the probe's ``key`` minus the baseline arm's run with the same seed, at every
+    step both logged. Runs without a same-seed baseline run or without diagnostics are left out."""
+    base, gaps = runs.get(baseline, {}), {}
+    for a, seeds in runs.items():
+        for s, r in seeds.items():
+            if a != baseline and s in base:
+                steps, d = _diff(base[s].diagnostics(), r.diagnostics(), key)
+                if steps:
+                    gaps[f"{a}/s{s}"] = (steps, d)
+    return gaps
+
+
+def _gap_lines(steps, d) -> dict:
+    lines = {"bin 0 (lowest noise)": (steps, [float(g[0]) for g in d])}
+    if len(d[0]) > 2:
+        lines["bin 1"] = (steps, [float(g[1]) for g in d])
+        lines[f"bins 2-{len(d[0]) - 1} (mean)"] = (steps, [float(np.mean(g[2:])) for g in d])
+    return lines
+
+
+def _diag_plots(runs, baseline: str, dest: Path) -> List[str]:
     diag = {f"{a}/s{s}": r.diagnostics() for a, seeds in runs.items() for s, r in seeds.items() if r.diagnostics()}
     if not diag:
         return ["loss_by_t_diff.png and diagnostics.png skipped: no run logged diagnostics (diagnostics.jsonl)"]
-    panels = {}
-    for a, seeds in runs.items():
-        for s, r in seeds.items():
-            if a == baseline or s not in base:
-                continue
-            steps, d = _diff(base[s].diagnostics(), r.diagnostics(), "loss_by_t")
-            for i in sorted({0, len(steps) // 2, len(steps) - 1}) if steps else []:
-                panels.setdefault(f"{a}/s{s}", {})[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
+    gaps, panels = loss_by_t_gaps(runs, baseline), {}
+    for label, (steps, d) in gaps.items():
+        for i in sorted({0, len(steps) // 2, len(steps) - 1}):
+            panels.setdefault(label, {})[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
     if panels:
         atomic_save_with(dest / "loss_by_t_diff.png", lambda t: plot_curves(
             {f"{k}: loss_by_t - {baseline}": v for k, v in panels.items()}, t, xlabel="timestep bin (x100)"),
             suffix=".png")
+        atomic_save_with(dest / "loss_by_t_gap.png", lambda t: plot_curves(
+            {f"{k}: loss_by_t - {baseline}": _gap_lines(*v) for k, v in gaps.items()}, t), suffix=".png")
     atomic_save_with(dest / "diagnostics.png", lambda t: plot_block_stats(diag, DIAG_KEYS, t), suffix=".png")
     return []
 
