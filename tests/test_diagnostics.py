@@ -193,3 +193,24 @@ def test_diagnostics_between_steps_give_bit_identical_weights():
 
     a, b = train(False), train(True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_blocks_by_band_are_the_block_stats_of_that_band_alone():
+    """The per-band numbers equal block_stats on a probe holding only that band's samples (the lowest- and the
+    highest-noise band), and differ from the whole-probe numbers."""
+    from dataclasses import replace
+
+    m = tiny(attention_type="cog", depth=4).eval()
+    p = probe_for(n=30)
+    row = diagnostics_row(7, m, None, p)
+    assert set(row["blocks_by_band"]) == {"0", "9"}
+    for band in (0, 9):
+        keep = timestep_bin(p.t, 10, 1000) == band
+        assert int(keep.sum()) == 3
+        sub = replace(p, x_t=p.x_t[keep], t=p.t[keep], noise=p.noise[keep], target=p.target[keep])
+        got, ref = row["blocks_by_band"][str(band)], block_stats(m, sub)
+        for g, r in zip(got, ref):
+            assert g.keys() == r.keys() and g["attention"] == r["attention"]
+            for key in BLOCK_KEYS:
+                assert g[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), (band, key)
+    assert row["blocks_by_band"]["0"][1]["logit_absmean"] != pytest.approx(row["blocks"][1]["logit_absmean"])

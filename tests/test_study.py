@@ -147,7 +147,9 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
         d.mkdir(parents=True)
         (d / "metrics.jsonl").write_text("".join(json.dumps(dict(step=s, loss=0.1, time=s)) + "\n" for s in by_step))
         (d / "diagnostics.jsonl").write_text("".join(
-            json.dumps(dict(step=s, loss_by_t=v, blocks=[dict(logit_absmax=1.0)])) + "\n" for s, v in by_step.items()))
+            json.dumps(dict(step=s, loss_by_t=v, blocks=[dict(logit_absmax=1.0)],
+                            **({"blocks_by_band": {"0": [dict(logit_absmax=2.0)]}} if arm == "arm" else {}))) + "\n"
+            for s, v in by_step.items()))
 
     run("base", 0, {5: [0.5, 0.4, 0.3, 0.2], 10: [0.4, 0.3, 0.2, 0.1]})
     run("arm", 0, {5: [0.25, 0.5, 0.3, 0.1], 10: [0.5, 0.3, 0.15, 0.1], 15: [9.0, 9.0, 9.0, 9.0]})
@@ -165,3 +167,4 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     assert "| arm/s0 | 5 | -0.2500 | +0.1000 | 0.1000 |" in text
     assert "| arm/s0 | 10 | +0.1000 | +0.0000 | 0.0500 |" in text
     assert (dest / "loss_by_t_gap.png").is_file() and (dest / "loss_by_t_diff.png").is_file()
+    assert (dest / "diagnostics_t0.png").is_file()  # only the arm's runs have blocks_by_band; the plot still comes

@@ -6,7 +6,8 @@ timesteps every time, drawn from its own generator, so the training RNG stream i
 
     {"step": 500, "loss_by_t": [10 floats], "loss_by_t_ema": [10 floats],
      "blocks": [{"attention": "softmax", "logit_absmax": ..., "logit_absmean": ..., "entropy": ...,
-                 "neg_share": ..., "out_rms": ..., "qkv_weight_norm": ...}, ...]}
+                 "neg_share": ..., "out_rms": ..., "qkv_weight_norm": ...}, ...],
+     "blocks_by_band": {"0": [same per-block dicts], "9": [...]}}
 
 ``loss_by_t[i]`` is the mean per-sample MSE to the training target (noise for epsilon-prediction) over
 the probe samples with timestep in band i (0-99, 100-199, ... for 1,000 timesteps and 10 bins). Per
@@ -16,6 +17,9 @@ attention sees them (after ``qk_norm``): ``logit_absmax`` / ``logit_absmean`` = 
 Cog heads and softmax(s) for softmax heads; ``neg_share`` = share of negative weights (0 for softmax);
 ``out_rms`` = RMS of the attention module's output (after its output projection, i.e. what is added to
 the residual stream); ``qkv_weight_norm`` = Frobenius norm of the qkv projection weight.
+``blocks_by_band`` repeats the per-block numbers over only the probe samples of one timestep band: the
+lowest-noise band ("0") and the highest ("9" for 10 bins), so attention at fine detail and at coarse layout can
+be told apart (same forward pass; the subsets add a few small reductions).
 
 Everything runs under ``torch.no_grad()`` with autocast off, with the model in eval mode (its mode is
 restored afterwards), using one forward pass per set of weights. Pass the plain model (e.g.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -145,21 +149,30 @@ def attention_stats(attn, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor) -
     return torch.stack([a.amax(), a.mean(), entropy, neg_share.float(), out_rms, attn.qkv.weight.float().norm()])
 
 
-def _predict_with_stats(model, probe: Probe) -> Tuple[torch.Tensor, List[Dict]]:
-    """One forward pass: the prediction and :func:`attention_stats` of every block, in order."""
+def _block_dicts(types: List[str], stats: Dict[int, torch.Tensor]) -> List[Dict]:
+    values = torch.stack([stats[i] for i in range(len(types))]).tolist() if stats else []
+    return [{"attention": types[i], **{key: _json_float(v) for key, v in zip(BLOCK_KEYS, row)}}
+            for i, row in enumerate(values)]
+
+
+def _predict_with_stats(model, probe: Probe, bands: Sequence[int] = ()) -> Tuple[torch.Tensor, List[Dict], Dict]:
+    """One forward pass: the prediction, :func:`attention_stats` of every block in order, and the same over the
+    probe samples of each timestep band in ``bands`` (``{"band": [...]}``; bands without samples left out)."""
+    band_of = timestep_bin(probe.t, probe.bins, probe.num_train_timesteps)
+    subsets = {str(b): idx for b in bands if len(idx := torch.nonzero(band_of == b).flatten())}
     stats: Dict[int, torch.Tensor] = {}
+    by_band: Dict[str, Dict[int, torch.Tensor]] = {b: {} for b in subsets}
 
     def record(i: int, attn, x: torch.Tensor, out: torch.Tensor) -> None:
         q, k, _ = attn.qkv_heads(x)
         stats[i] = attention_stats(attn, q, k, out)
+        for b, idx in subsets.items():
+            by_band[b][i] = attention_stats(attn, q[idx], k[idx], out[idx])
 
     with _probing(model), attention_hooks(model, record):
         pred = _predict(model, probe)
-    values = torch.stack([stats[i] for i in range(len(model.blocks))]).tolist() if stats else []
     types = model.attention_types()
-    blocks = [{"attention": types[i], **{key: _json_float(v) for key, v in zip(BLOCK_KEYS, row)}}
-              for i, row in enumerate(values)]
-    return pred, blocks
+    return pred, _block_dicts(types, stats), {b: _block_dicts(types, st) for b, st in by_band.items()}
 
 
 def block_stats(model, probe: Probe) -> List[Dict]:
@@ -169,13 +182,15 @@ def block_stats(model, probe: Probe) -> List[Dict]:
 
 def diagnostics_row(step: int, model, ema_model, probe: Probe) -> Dict:
     """One ``diagnostics.jsonl`` line: ``step``, ``loss_by_t`` (raw weights), ``loss_by_t_ema`` (when ``ema_model``
-    is given, e.g. ``ema.model``) and ``blocks`` (:func:`block_stats` of the raw weights). Two forward passes."""
-    pred, blocks = _predict_with_stats(model, probe)
+    is given, e.g. ``ema.model``), ``blocks`` (:func:`block_stats` of the raw weights) and ``blocks_by_band`` (the
+    same over the lowest- and highest-noise bands' samples). Two forward passes."""
+    pred, blocks, by_band = _predict_with_stats(model, probe, bands=(0, probe.bins - 1))
     loss = binned_mse(pred, probe.target, probe.t, probe.bins, probe.num_train_timesteps)
     row = {"step": int(step), "loss_by_t": loss}
     if ema_model is not None:
         row["loss_by_t_ema"] = loss_by_t(ema_model, probe)
     row["blocks"] = blocks
+    row["blocks_by_band"] = by_band
     return row
 
 

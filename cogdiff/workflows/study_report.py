@@ -3,9 +3,9 @@
 results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
 fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
 baseline arm, the probe's loss by noise level vs the baseline) and plots: fid_vs_step.png, loss_diff.png,
-loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, samples.png. A plot whose inputs no run has (no FID or
-diagnostics logged) is skipped with a note in summary.md. Each run that has a same-seed baseline run and
-diagnostics also gets ``loss_by_t_gap`` in results.json: ``[[step, [gap per timestep bin]], ...]``.
+loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, diagnostics_t0.png (lowest-noise band), samples.png. A plot
+whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md. Each run that has a
+same-seed baseline run and diagnostics also gets ``loss_by_t_gap`` in results.json: ``[[step, [gap per bin]], ...]``.
 """
 
 from __future__ import annotations
@@ -221,6 +221,11 @@ def _diag_plots(runs, baseline: str, dest: Path) -> List[str]:
         atomic_save_with(dest / "loss_by_t_gap.png", lambda t: plot_curves(
             {f"{k}: loss_by_t - {baseline}": _gap_lines(*v) for k, v in gaps.items()}, t), suffix=".png")
     atomic_save_with(dest / "diagnostics.png", lambda t: plot_block_stats(diag, DIAG_KEYS, t), suffix=".png")
+    low = {k: [dict(step=r["step"], blocks=r["blocks_by_band"]["0"]) for r in rows
+               if (r.get("blocks_by_band") or {}).get("0")] for k, rows in diag.items()}
+    low = {k: v for k, v in low.items() if v}
+    if low:  # the same over the lowest-noise band's probe samples (runs whose diagnostics have blocks_by_band)
+        atomic_save_with(dest / "diagnostics_t0.png", lambda t: plot_block_stats(low, DIAG_KEYS, t), suffix=".png")
     return []
 
 
