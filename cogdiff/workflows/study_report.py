@@ -73,13 +73,13 @@ def _study(outs: List[str], study: Optional[dict]) -> dict:
     raise FileNotFoundError(f"no study.yaml in {outs}: is it an OUT folder of python -m cogdiff.study run?")
 
 
-def results(outs: List[str], study: dict) -> dict:
-    runs = collect(outs)
+def results(outs: List[str], study: dict, runs: Dict[str, Dict[int, RunDir]], gaps: Dict[str, tuple]) -> dict:
+    """The results.json record of ``runs`` (:func:`collect` of ``outs``) with their ``gaps``
+    (:func:`loss_by_t_gaps`)."""
     order = [a["name"] for a in study["arms"]] + sorted(set(runs) - {a["name"] for a in study["arms"]})
     overrides = {a["name"]: a["overrides"] for a in study["arms"]}
     arms = [dict(name=n, overrides=overrides.get(n, {}),
                  runs=[run_record(r) for _, r in sorted(runs.get(n, {}).items())]) for n in order if n in runs]
-    gaps = loss_by_t_gaps(runs, study["baseline"])
     for arm in arms:
         for rec in arm["runs"]:
             steps, d = gaps.get(f"{arm['name']}/s{rec['seed']}", ([], []))
@@ -164,7 +164,7 @@ def _diff(base_rows: List[dict], rows: List[dict], key: str) -> tuple:
     return steps, [np.asarray(vals[s]) - np.asarray(b[s]) for s in steps]
 
 
-def plots(runs: Dict[str, Dict[int, RunDir]], baseline: str, dest: Path) -> List[str]:
+def plots(runs: Dict[str, Dict[int, RunDir]], gaps: Dict[str, tuple], baseline: str, dest: Path) -> List[str]:
     """The report's plots; returns notes for those skipped."""
     notes = []
     fid = _curves(runs, "fid", RunDir.fid)
@@ -181,7 +181,7 @@ def plots(runs: Dict[str, Dict[int, RunDir]], baseline: str, dest: Path) -> List
                 loss[f"{a}/s{s}"] = (x, [float(v) for v in d])
     if loss:
         atomic_save_with(dest / "loss_diff.png", lambda t: plot_curves({f"loss - {baseline}": loss}, t), suffix=".png")
-    notes += _diag_plots(runs, baseline, dest)
+    notes += _diag_plots(runs, gaps, baseline, dest)
     return notes
 
 
@@ -206,11 +206,11 @@ def _gap_lines(steps, d) -> dict:
     return lines
 
 
-def _diag_plots(runs, baseline: str, dest: Path) -> List[str]:
+def _diag_plots(runs, gaps, baseline: str, dest: Path) -> List[str]:
     diag = {f"{a}/s{s}": r.diagnostics() for a, seeds in runs.items() for s, r in seeds.items() if r.diagnostics()}
     if not diag:
         return ["loss_by_t_diff.png and diagnostics.png skipped: no run logged diagnostics (diagnostics.jsonl)"]
-    gaps, panels = loss_by_t_gaps(runs, baseline), {}
+    panels = {}
     for label, (steps, d) in gaps.items():
         for i in sorted({0, len(steps) // 2, len(steps) - 1}):
             panels.setdefault(label, {})[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
@@ -245,9 +245,10 @@ def study_report(outs: List[str], study: Optional[dict] = None, dest: Optional[s
     study = _study(outs, study)
     dest = Path(dest or Path(outs[0]) / "report")
     dest.mkdir(parents=True, exist_ok=True)
-    res = results(outs, study)
     runs = collect(outs)
-    notes = plots(runs, study["baseline"], dest)
+    gaps = loss_by_t_gaps(runs, study["baseline"])
+    res = results(outs, study, runs, gaps)
+    notes = plots(runs, gaps, study["baseline"], dest)
     if not sample_grids(runs, dest):
         notes.append("samples.png skipped: no run has a final evaluation yet")
     atomic_write_json(dest / "results.json", res)
