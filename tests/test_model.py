@@ -43,6 +43,8 @@ def test_softmax_layers_placement():
     assert types[0] == "softmax" and types[-1] == "softmax"
     assert types[1:-1] == ["cog"] * 11  # mid-block included
     assert m.blocks[0] is m.in_blocks[0] and m.blocks[-1] is m.out_blocks[-1] and m.blocks[6] is m.mid_block
+    assert resolve_softmax_layers("in_blocks+first_last", 12, "cog") == [0, 1, 2, 3, 4, 5, 12]
+    assert resolve_softmax_layers("out_blocks+first_last", 12, "cog") == [0, 7, 8, 9, 10, 11, 12]
     custom = tiny(depth=4, attention_type="cog", softmax_layers=[2])
     assert custom.attention_types() == ["cog", "cog", "softmax", "cog", "cog"]
     assert tiny(attention_type="softmax").attention_types() == ["softmax"] * 3

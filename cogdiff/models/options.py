@@ -26,6 +26,8 @@ SOFTMAX_PLACEMENTS: Dict[str, Callable[[int], List[int]]] = {
     "first_last_mid": lambda n: [0, n // 2, n - 1],
     "first2_last2_mid": lambda n: [0, 1, n // 2, n - 2, n - 1],
     "mid": lambda n: [n // 2],
+    "in_blocks": lambda n: list(range(n // 2)),  # every in-block: with "+first_last", Cog in the mid + out-blocks
+    "out_blocks": lambda n: list(range(n // 2 + 1, n)),  # every out-block: with "+first_last", Cog in the in + mid
     "none": lambda n: [],  # Cog everywhere
     "all": lambda n: list(range(n)),  # softmax everywhere
 }

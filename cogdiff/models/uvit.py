@@ -212,9 +212,10 @@ class UViTModel(ModelMixin, ConfigMixin):
         attention_type (`str`, defaults to "softmax"): ``"softmax"`` or ``"cog"``.
         softmax_layers (`List[int]` or `str`, *optional*): Blocks (0 .. 2*(depth//2)) that keep softmax when
             ``attention_type="cog"``: a list of indices or a name in ``SOFTMAX_PLACEMENTS`` (``"first_last"``,
-            ``"first2_last2"``, ``"first_last_mid"``, ``"none"`` = Cog everywhere, ``"all"``, ...; names joined
-            by ``+`` are united). Default: ``"first_last"`` (the paper). The config keeps what was given;
-            :meth:`attention_types` reports the result.
+            ``"first2_last2"``, ``"first_last_mid"``, ``"in_blocks"``, ``"out_blocks"``, ``"none"`` = Cog
+            everywhere, ``"all"``, ...; names joined by ``+`` are united, e.g. ``"in_blocks+first_last"``).
+            Default: ``"first_last"`` (the paper). The config keeps what was given; :meth:`attention_types`
+            reports the result.
         timestep_scale (`float`, defaults to 1.0): Multiplier on the timestep before embedding (U-ViT's
             continuous-time models see ``t * 999``; discrete schedulers already pass 0..999).
         qk_norm (`str`, defaults to "none"): ``"layernorm"`` or ``"rmsnorm"`` normalises q and k per head
