@@ -168,3 +168,37 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     assert "| arm/s0 | 10 | +0.1000 | +0.0000 | 0.0500 |" in text
     assert (dest / "loss_by_t_gap.png").is_file() and (dest / "loss_by_t_diff.png").is_file()
     assert (dest / "diagnostics_t0.png").is_file()  # only the arm's runs have blocks_by_band; the plot still comes
+
+
+def test_report_tables_each_runs_blocks_at_its_last_diagnostics_step(tmp_path):
+    """blocks_last (results.json) and the summary's per-block table hold the last diagnostics row's statistics,
+    Cog blocks marked; a run whose rows lack the statistics gets neither."""
+    from cogdiff.workflows.study_report import BLOCK_TABLE_KEYS, study_report
+
+    def block(kind, v):
+        return dict(attention=kind, logit_absmax=9.0, **{k: v + i for i, k in enumerate(BLOCK_TABLE_KEYS)})
+
+    for arm, kinds in (("base", ["softmax"] * 3), ("arm", ["softmax", "cog", "softmax"])):
+        d = tmp_path / "out" / "runs" / arm / "seed0"
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text(json.dumps(dict(step=10, loss=0.1, time=1)) + "\n")
+        rows = [dict(step=s, loss_by_t=[0.1], blocks=[block(t, s / 10 + j) for j, t in enumerate(kinds)])
+                for s in (5, 10)]
+        (d / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = tmp_path / "out" / "runs" / "old" / "seed0"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(json.dumps(dict(step=10, loss=0.1, time=1)) + "\n")
+    (d / "diagnostics.jsonl").write_text(json.dumps(dict(step=10, blocks=[dict(logit_absmax=1.0)])) + "\n")
+    study = dict(name="g", baseline="base", arms=[dict(name=n, overrides={}) for n in ("base", "arm", "old")],
+                 protocol=dict(steps=10, batch_size=2, final_n=4, scheduler="ddim", sample_steps=2, fid_every=5))
+    dest = study_report([str(tmp_path / "out")], study=study)
+    res = {a["name"]: a["runs"][0] for a in json.loads((dest / "results.json").read_text())["arms"]}
+    last = res["arm"]["blocks_last"]
+    assert last["step"] == 10 and last["attention"] == ["softmax", "cog", "softmax"]
+    assert last["entropy"] == pytest.approx([1.0, 2.0, 3.0]) and last["out_rms"] == pytest.approx([2.0, 3.0, 4.0])
+    assert "blocks_last" not in res["old"]
+    text = (dest / "summary.md").read_text()
+    assert "| arm/s0 | 10 | entropy | 1.00 | 2.00* | 3.00 |" in text
+    assert "| arm/s0 | 10 | neg_share | 4.00 | 5.00* | 6.00 |" in text
+    assert "| base/s0 | 10 | entropy | 1.00 | 2.00 | 3.00 |" in text and "| base/s0 | 10 | neg_share" not in text
+    assert "old/s0" not in text.split("Attention per block")[1]

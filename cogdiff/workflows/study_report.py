@@ -2,7 +2,8 @@
 
 results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
 fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
-baseline arm, the probe's loss by noise level vs the baseline) and plots: fid_vs_step.png, loss_diff.png,
+baseline arm, the probe's loss by noise level vs the baseline, each run's attention statistics per block at its last
+diagnostics step, also ``blocks_last`` in results.json) and plots: fid_vs_step.png, loss_diff.png,
 loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, diagnostics_t0.png (lowest-noise band), samples.png. A plot
 whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md. Each run that has a
 same-seed baseline run and diagnostics also gets ``loss_by_t_gap`` in results.json: ``[[step, [gap per bin]], ...]``.
@@ -24,6 +25,7 @@ from ..io import atomic_save_with, atomic_write_json, atomic_write_text
 from ..rundir import RunDir
 
 DIAG_KEYS = ("logit_absmax", "entropy", "neg_share", "out_rms")
+BLOCK_TABLE_KEYS = ("entropy", "out_rms", "logit_absmean", "neg_share")  # per block, at the last diagnostics step
 
 
 def _json(path) -> Optional[dict]:
@@ -47,6 +49,11 @@ def run_record(run: RunDir) -> dict:
         out["train_min"] = round((rows[-1]["time"] - rows[0]["time"]) / 60, 2)
     out["eval_min"] = round(rec["eval_s"] / 60, 2) if "eval_s" in rec else None
     out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"))
+    diag = run.diagnostics()
+    last = diag[-1] if diag else {}
+    if last.get("blocks") and all({"attention", *BLOCK_TABLE_KEYS} <= set(b) for b in last["blocks"]):
+        out["blocks_last"] = dict(step=last["step"], attention=[b["attention"] for b in last["blocks"]],
+                                  **{k: [b[k] for b in last["blocks"]] for k in BLOCK_TABLE_KEYS})
     return out
 
 
@@ -127,7 +134,7 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
         delta = me - base_mean if me is not None and base_mean is not None else None
         lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me)} | {_f(se)} | {_f(mr)} | {_f(sr)} | "
                      f"{'+' if delta and delta > 0 else ''}{_f(delta)} |")
-    lines += gap_table(res)
+    lines += gap_table(res) + blocks_table(res)
     if res["floor"]:
         lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
@@ -152,6 +159,26 @@ def gap_table(res: dict) -> List[str]:
             "", "| run | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|", *rows]
 
 
+def blocks_table(res: dict) -> List[str]:
+    """Markdown lines: per run, its blocks' attention statistics at its last diagnostics step (``*`` = Cog block)."""
+    runs = [(f"{a['name']}/s{r['seed']}", r["blocks_last"]) for a in res["arms"] for r in a["runs"]
+            if r.get("blocks_last")]
+    if not runs:
+        return []
+    n = max(len(b["attention"]) for _, b in runs)
+    lines = ["", "Attention per block at the last diagnostics step (whole probe; entropy in nats of softmax(|s|), "
+             "out_rms of the attention output, mean |s|, share of negative weight; `*` = Cog block):", "",
+             "| run | step | stat | " + " | ".join(f"b{i}" for i in range(n)) + " |", "|---|---|---|" + "---|" * n]
+    for label, b in runs:
+        marks = ["*" if t == "cog" else "" for t in b["attention"]]
+        for k in BLOCK_TABLE_KEYS:
+            if k == "neg_share" and not any(marks):
+                continue
+            lines.append(f"| {label} | {b['step']} | {k} | " + " | ".join(f"{v:.2f}{m}" for v, m in zip(b[k], marks))
+                         + " |")
+    return lines
+
+
 def _curves(runs, key, rows_of) -> dict:
     return {f"{a}/s{s}": series(rows_of(r), key) for a, seeds in runs.items() for s, r in seeds.items()
             if series(rows_of(r), key)[0]}
@@ -160,7 +187,7 @@ def _curves(runs, key, rows_of) -> dict:
 def _diff(base_rows: List[dict], rows: List[dict], key: str) -> tuple:
     b = {r["step"]: r[key] for r in base_rows if r.get(key) is not None}
     steps = [r["step"] for r in rows if r["step"] in b and r.get(key) is not None]
-    vals = {r["step"]: r[key] for r in rows}
+    vals = {r["step"]: r.get(key) for r in rows}
     return steps, [np.asarray(vals[s]) - np.asarray(b[s]) for s in steps]
 
 
