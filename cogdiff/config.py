@@ -90,6 +90,8 @@ class TrainConfig:
     fid_every: int = 0  # 0 = no FID during training
     diag_every: int = 0  # diagnostics.jsonl on a fixed probe batch every N steps; 0 = off
     diag_probe_size: int = 64  # probe images (from the training data, drawn by their own generator)
+    diag_probe_seed: int = 0  # the probe's own seed (images, flips, noise, timesteps): the same probe for every
+    # train.seed by default, so runs of different seeds are measured on the same samples
     fid_num_images: int = 10_000
     fid_ref: Optional[str] = None  # reference statistics (.npz); None: built from the training data (cached)
     fid_weights: Optional[str] = None  # Inception weights (None = the evaluator's default lookup)

@@ -95,3 +95,24 @@ def test_a_too_small_probe_is_a_config_error(tmp_path):
     cfg = cfg_of("train.steps=2", "train.diag_every=1", "train.diag_probe_size=4", f"train.output_dir={tmp_path}")
     with pytest.raises(ConfigError, match="diag_probe_size"):
         run_training(cfg)
+
+
+def probe_of(*extra):
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from cogdiff.data import build_dataset
+    from cogdiff.workflows.trainer import build_probe
+
+    cfg = cfg_of("train.diag_probe_size=20", *extra)
+    t = SimpleNamespace(cfg=cfg, data=build_dataset(cfg.data, "cpu"), device="cpu", num_classes=None,
+                        noise_scheduler=DDPMScheduler(num_train_timesteps=1000))
+    return build_probe(t)
+
+
+def test_the_probe_is_the_same_for_every_training_seed_and_moves_with_its_own_seed():
+    a, b = probe_of("train.seed=0"), probe_of("train.seed=1")
+    assert torch.equal(a.x_t, b.x_t) and torch.equal(a.t, b.t)  # seeds compare on the same samples
+    c = probe_of("train.seed=0", "train.diag_probe_seed=1")
+    assert not torch.equal(a.x_t, c.x_t)

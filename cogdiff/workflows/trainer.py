@@ -329,10 +329,11 @@ def sample_images(pipeline, cfg: Config, num_classes: Optional[int]) -> torch.Te
 
 def build_probe(t: Trainer):
     """The fixed diagnostics probe: ``train.diag_probe_size`` training examples (chosen, flipped and noised by
-    generators of their own, so the training RNG stream is untouched) at stratified timesteps."""
+    generators of their own, so the training RNG stream is untouched) at stratified timesteps. It depends on
+    ``train.diag_probe_seed`` only, not on ``train.seed``: every run of a study is probed on the same samples."""
     tc = t.cfg.train
     n = min(tc.diag_probe_size, t.data.num_examples)
-    seed = derive_seed(tc.seed, DIAG_STREAM)
+    seed = derive_seed(tc.diag_probe_seed, DIAG_STREAM)
     gen = torch.Generator(t.device).manual_seed(seed)
     idx = torch.randperm(t.data.num_examples, generator=torch.Generator().manual_seed(seed))[:n]
     x0, y = t.data.get_batch(idx, gen)
