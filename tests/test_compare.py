@@ -122,3 +122,19 @@ def test_compare_refuses_one_model_and_bad_labels(setup, capsys):
         == 2
     )
     assert "distinct" in capsys.readouterr().err
+
+
+def test_compare_overlap_gives_the_same_scores(setup):
+    root, runs, ref = setup
+    records = {}
+    for flag in ([], ["--overlap"]):
+        out = root / f"overlap{len(flag)}"
+        argv = [runs["softmax"], runs["cog"], "--ref", ref, "--out", str(out), "-n", str(N), "--steps", "2",
+                "--batch-size", "2", "--device", "cpu", "--grid-images", "1", "--no-progress", *flag]
+        assert compare_main(argv) == 0
+        records[bool(flag)] = json.loads((out / "compare.json").read_text())["results"]
+    keys = ("fid", "kid_mean", "kid_std", "num_images", "color")
+    for plain, over in zip(records[False], records[True]):
+        assert plain["overlap"] is False and over["overlap"] is True
+        assert {k: plain[k] for k in keys} == {k: over[k] for k in keys}
+    assert records[True][0]["fid"] != records[True][1]["fid"]

@@ -23,7 +23,8 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from .color import ColorStats
-from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures
+from .inception import NUM_FEATURES, NUM_LOGITS, InceptionFeatures, exact_fp32
+from .overlap import overlapped
 from .stats import UNKNOWN, RefStats, frechet_distance, progress_images, psd_sqrt
 
 DEFAULT_INCEPTION_BATCH = 250
@@ -97,8 +98,8 @@ class FIDEvaluator:
     features kept)``), ``num_images``, ``inception_score`` and ``is_std``. ``kid_*`` are None when the
     statistics hold no real features (e.g. pytorch-fid's files); ``inception_score``/``is_std`` are None
     without full weights (logits; :attr:`inception_score_note` says why). ``last_timings`` holds the
-    seconds spent per stage. ``allow_unverified`` lets a weights file with an unknown sha256 load (see
-    :mod:`cogdiff.metrics.inception`).
+    seconds spent per stage (see :meth:`score_images`). ``allow_unverified`` lets a weights file with an
+    unknown sha256 load (see :mod:`cogdiff.metrics.inception`).
     """
 
     def __init__(
@@ -213,29 +214,51 @@ class FIDEvaluator:
             )
         return self._inception_score(self.features(images)[1])
 
-    def score_images(self, images, progress: bool = False, total: Optional[int] = None, gather: bool = False) -> dict:
+    def score_images(self, images, progress: bool = False, total: Optional[int] = None, gather: bool = False,
+                     overlap: bool = False) -> dict:
         """Score uint8 images: an (N, H, W, C) / (N, C, H, W) array or tensor, or an iterable of such batches (the
-        caller decides where they come from: a sampler, a folder, a dataset). ``progress``: a tqdm bar over images
-        (``total`` sizes it for an iterable). ``gather``: under torch.distributed each process passes its own share
-        and all get the scores of every image (call it on every process). ``last_timings`` splits the time into
-        waiting for the batches (``source_s``: e.g. sampling), Inception and the metrics."""
+        caller decides where they come from: a sampler, a folder, a dataset).
+
+        Args:
+            images: the images, or an iterable of batches.
+            progress (`bool`, defaults to False): a tqdm bar over the images taken from ``images`` (``total`` sizes
+                it for an iterable).
+            total (`int`, *optional*): the number of images of an iterable, for the bar.
+            gather (`bool`, defaults to False): under torch.distributed each process passes its own share and all
+                get the scores of every image (call it on every process).
+            overlap (`bool`, defaults to False): compute the Inception features of batch ``k`` on a worker thread
+                while the calling thread takes batch ``k + 1`` from ``images`` (e.g. samples it), each on its own
+                CUDA stream (:func:`cogdiff.metrics.overlap.overlapped`). The batches, their order and therefore
+                the results are the same; exceptions of either side are raised here. TF32 stays off
+                (:func:`~cogdiff.metrics.inception.exact_fp32`, process-wide flags) for the whole loop rather than
+                per Inception batch, so the source sees fixed flags: a source whose numerics depend on them (fp32
+                matmuls or convolutions outside bf16 autocast, CUDA graphs recorded during the loop) computes
+                them without TF32, which can differ slightly from a run without overlap.
+
+        ``last_timings`` holds seconds measured on the host: ``source_s`` (taking the batches from ``images``,
+        e.g. sampling), ``inception_s`` (Inception features and colour statistics, each batch synchronised),
+        ``batches_s`` (wall time of the whole batch loop), ``metrics_s`` (FID/KID/IS from the features) and
+        ``overlap``. Without overlap the loop runs one stage after the other, so ``batches_s`` is about
+        ``source_s + inception_s``. With overlap ``source_s`` and ``inception_s`` run at the same time (each is
+        slower than alone when they share a GPU) and ``batches_s`` is the time that counts; two more keys say
+        which side was behind: ``wait_for_inception_s`` (the source waiting for room in the queue) and
+        ``wait_for_source_s`` (Inception waiting for a batch, the first one included)."""
         if isinstance(images, (np.ndarray, torch.Tensor)):
             total = len(images)
             step = self.inception_batch_size
             images = (images[i : i + step] for i in range(0, len(images), step))
-        feats, logits, t_source, t_incep, color = [], [], 0.0, 0.0, ColorStats()
-        t = time.perf_counter()
-        for batch in progress_images(images, "Inception features", total, progress):
-            t_source += time.perf_counter() - t
-            t = time.perf_counter()
+        feats, logits, color = [], [], ColorStats()
+        batches = progress_images(images, "Inception features", total, progress)
+
+        def consume(batch, settle):
             color.update(batch)
             f, lg = self.features(batch)
-            self._sync()
+            settle(f, lg)
             feats.append(f)
             if lg is not None:
                 logits.append(lg)
-            t_incep += time.perf_counter() - t
-            t = time.perf_counter()
+
+        timings = self._overlapped(batches, consume) if overlap else self._sequential(batches, consume)
         feats = torch.cat(feats) if feats else torch.zeros(0, NUM_FEATURES, device=self.device)
         logits = torch.cat(logits) if logits else (torch.zeros(0, NUM_LOGITS, device=self.device)
                                                    if self.extractor.has_logits else None)
@@ -249,5 +272,37 @@ class FIDEvaluator:
         t = time.perf_counter()
         out = self.score_features(feats, logits)
         out["color"] = color.result() if color.num_images else None  # the scored images' colours (0-255)
-        self.last_timings = {"source_s": t_source, "inception_s": t_incep, "metrics_s": time.perf_counter() - t}
+        self.last_timings = {**timings, "metrics_s": time.perf_counter() - t}
         return out
+
+    def _sequential(self, batches, consume) -> dict:
+        """Take a batch, compute its features, take the next: the timings of :meth:`score_images`."""
+        t_source = t_incep = 0.0
+        t0 = t = time.perf_counter()
+        for batch in batches:
+            t_source += time.perf_counter() - t
+            t = time.perf_counter()
+            consume(batch, lambda *tensors: self._sync())
+            t_incep += time.perf_counter() - t
+            t = time.perf_counter()
+        return {"overlap": False, "source_s": t_source, "inception_s": t_incep, "batches_s": time.perf_counter() - t0}
+
+    def _overlapped(self, batches, consume) -> dict:
+        """``consume`` on a worker thread (:func:`~cogdiff.metrics.overlap.overlapped`): the timings of
+        :meth:`score_images`. The worker waits for its own stream only (a device-wide synchronize would wait
+        for the sampler too); its features, made on that stream, are marked as used by the caller's stream,
+        where they are concatenated and scored, so that their memory is not reused too early."""
+        caller = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
+        def settle(*tensors):
+            if caller is not None:
+                torch.cuda.current_stream(self.device).synchronize()  # the worker's stream
+                for x in tensors:
+                    if x is not None:
+                        x.record_stream(caller)
+
+        with exact_fp32():
+            tm = overlapped(batches, lambda batch: consume(batch, settle), device=self.device)
+        return {"overlap": True, "source_s": tm["source_s"], "inception_s": tm["consume_s"],
+                "batches_s": tm["wall_s"], "wait_for_inception_s": tm["wait_for_consumer_s"],
+                "wait_for_source_s": tm["wait_for_source_s"]}

@@ -131,13 +131,15 @@ def check_models(models: List[str], labels: Optional[List[str]], allow_mixed_dat
 
 
 def score_model(label: str, spec: str, ev: FIDEvaluator, device, scheduler: str, num_images: int, batch_size: int,
-                steps: int, seed: int, guidance_scale: float, bf16: bool, grid_images: int, progress: bool) -> tuple:
-    """Sample and score one model: (its result row, its grid images, its run's fid.jsonl rows)."""
+                steps: int, seed: int, guidance_scale: float, bf16: bool, grid_images: int, progress: bool,
+                overlap: bool = False) -> tuple:
+    """Sample and score one model: (its result row, its grid images, its run's fid.jsonl rows). ``overlap``: see
+    :meth:`~cogdiff.metrics.FIDEvaluator.score_images` (``sample_s`` then overlaps in time with Inception)."""
     model, variant = split_variant(spec)
     pipe = load_pipeline(model, device=device, scheduler=scheduler, variant=variant)
     t0 = time.perf_counter()
     batches = pipeline_batches(pipe, num_images, batch_size, steps, seed, guidance_scale=guidance_scale, bf16=bf16)
-    scores = ev.score_images(batches, progress=progress, total=num_images)
+    scores = ev.score_images(batches, progress=progress, total=num_images, overlap=overlap)
     elapsed = time.perf_counter() - t0
     grid = sample_batch(pipe, range(min(grid_images, num_images)), steps, seed, guidance_scale, bf16)
     run = RunDir.of(model)  # a run folder or its pipeline/ folder: the run's fid.jsonl
@@ -152,6 +154,7 @@ def score_model(label: str, spec: str, ev: FIDEvaluator, device, scheduler: str,
         run_dir=os.path.abspath(os.fspath(run.path)) if run else None,
         **scores,
         sample_s=round(ev.last_timings.get("source_s", 0.0), 3),
+        overlap=bool(ev.last_timings.get("overlap", False)),
         total_s=round(elapsed, 3),
         last_logged_fid=run_fid[-1] if run_fid else None,
     )
@@ -213,6 +216,7 @@ def compare(
     command: Optional[str] = None,
     allow_unverified_weights: bool = False,
     allow_mixed_data: bool = False,
+    overlap: bool = False,
 ) -> dict:
     """Sample, score and report (see the module docstring). Returns the JSON record."""
     labels = check_models(models, labels, allow_mixed_data)
@@ -224,7 +228,7 @@ def compare(
     rows, grids, curves = [], {}, {}
     for label, spec in zip(labels, models):
         row, grids[label], run_fid = score_model(label, spec, ev, device, scheduler, num_images, batch_size, steps,
-                                                 seed, guidance_scale, bf16, grid_images, progress)
+                                                 seed, guidance_scale, bf16, grid_images, progress, overlap)
         rows.append(row)
         if run_fid:
             curves[label] = run_fid
@@ -264,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load a weights file whose sha256 is not a known inception-2015-12-05 copy (it can run code)")
     ap.add_argument("--grid-images", type=int, default=8, help="images per model in grid.png")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--overlap", action="store_true",
+                    help="compute the Inception features of one batch while the next is sampled (same images; TF32 "
+                    "stays off during sampling too, so fp32 sampling can differ slightly)")
     ap.add_argument("--allow-mixed-data", action="store_true",
                     help="compare models trained on different data (kind, image size or channels) anyway")
     return ap
@@ -276,7 +283,8 @@ def main(argv=None) -> int:
         args.models, args.ref, args.out, args.labels.split(",") if args.labels else None, args.num_images,
         args.scheduler, args.steps, args.batch_size, args.seed, args.guidance_scale, args.bf16, args.device,
         args.weights, args.grid_images, progress=not args.no_progress, command=command,
-        allow_unverified_weights=args.allow_unverified_weights, allow_mixed_data=args.allow_mixed_data),
+        allow_unverified_weights=args.allow_unverified_weights, allow_mixed_data=args.allow_mixed_data,
+        overlap=args.overlap),
         (FileNotFoundError, ValueError, RuntimeError), warnings_one_line=True)
 
 
