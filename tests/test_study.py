@@ -83,6 +83,8 @@ def test_interrupted_run_is_finished(study):
 
 def test_merging_two_out_folders_gives_the_same_report(study, tmp_path):
     root, out = study
+    # all three arms (a no-op when test_two_arms_then_appended_arm_runs_alone has run): runnable on its own
+    assert study_main(["run", str(write_study(root / "three.yaml", ARMS)), "--out", str(out)]) == 0
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(out, a)
     shutil.copytree(out, b)
@@ -164,10 +166,40 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     assert steps == [5, 10] and "loss_by_t_gap" not in runs[1]
     assert gaps[0] == pytest.approx([-0.25, 0.1, 0.0, -0.1]) and gaps[1] == pytest.approx([0.1, 0.0, -0.05, 0.0])
     text = (dest / "summary.md").read_text()
-    assert "| arm/s0 | 5 | -0.2500 | +0.1000 | 0.1000 |" in text
-    assert "| arm/s0 | 10 | +0.1000 | +0.0000 | 0.0500 |" in text
+    assert "| arm/s0 | s0 | 5 | -0.2500 | +0.1000 | 0.1000 |" in text
+    assert "| arm/s0 | s0 | 10 | +0.1000 | +0.0000 | 0.0500 |" in text
+    assert runs[0]["loss_by_t_gap_vs_seed"] == 0
     assert (dest / "loss_by_t_gap.png").is_file() and (dest / "loss_by_t_diff.png").is_file()
     assert (dest / "diagnostics_t0.png").is_file()  # only the arm's runs have blocks_by_band; the plot still comes
+
+
+def test_report_loss_by_t_gap_pairs_runs_probed_on_the_same_samples(tmp_path):
+    """A run of a seed the baseline lacks is compared with the baseline run probed on the same samples: the probe
+    comes from train.diag_probe_seed, or from train.seed in configs saved before that key existed; a run on another
+    probe gets no gap, and a same-seed baseline run on another probe is passed over."""
+    from cogdiff.workflows.study_report import study_report
+
+    def run(arm, seed, train, loss):
+        d = tmp_path / "out" / "runs" / arm / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump({"train": dict(seed=seed, diag_probe_size=64, **train)}))
+        (d / "metrics.jsonl").write_text(json.dumps(dict(step=5, loss=0.1, time=5)) + "\n")
+        row = dict(step=5, loss_by_t=loss, blocks=[dict(logit_absmax=1.0)])
+        (d / "diagnostics.jsonl").write_text(json.dumps(row) + "\n")
+
+    run("base", 0, {}, [0.5, 0.4, 0.3])  # legacy config: probe drawn from train.seed = 0
+    run("base", 2, {"diag_probe_seed": 2}, [0.9, 0.9, 0.9])
+    run("arm", 1, {"diag_probe_seed": 0}, [0.6, 0.4, 0.3])  # same probe as base seed 0
+    run("arm", 2, {"diag_probe_seed": 0}, [0.7, 0.4, 0.3])  # base seed 2 was probed elsewhere: use base seed 0
+    run("arm", 3, {"diag_probe_seed": 3}, [0.1, 0.1, 0.1])  # no baseline run on probe 3
+    study = dict(name="g", baseline="base", arms=[dict(name="base", overrides={}), dict(name="arm", overrides={})],
+                 protocol=dict(steps=5, batch_size=2, final_n=4, scheduler="ddim", sample_steps=2, fid_every=5))
+    dest = study_report([str(tmp_path / "out")], study=study)
+    runs = {r["seed"]: r for r in json.loads((dest / "results.json").read_text())["arms"][1]["runs"]}
+    assert runs[1]["loss_by_t_gap_vs_seed"] == 0 and runs[1]["loss_by_t_gap"][0][1] == pytest.approx([0.1, 0, 0])
+    assert runs[2]["loss_by_t_gap_vs_seed"] == 0 and runs[2]["loss_by_t_gap"][0][1] == pytest.approx([0.2, 0, 0])
+    assert "loss_by_t_gap" not in runs[3]
+    assert "| arm/s1 | s0 | 5 | +0.1000 | +0.0000 | 0.0000 |" in (dest / "summary.md").read_text()
 
 
 def test_report_tables_each_runs_blocks_at_its_last_diagnostics_step(tmp_path):

@@ -5,8 +5,10 @@ fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread ov
 baseline arm, the probe's loss by noise level vs the baseline, each run's attention statistics per block at its last
 diagnostics step, also ``blocks_last`` in results.json) and plots: fid_vs_step.png, loss_diff.png,
 loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, diagnostics_t0.png (lowest-noise band), samples.png. A plot
-whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md. Each run that has a
-same-seed baseline run and diagnostics also gets ``loss_by_t_gap`` in results.json: ``[[step, [gap per bin]], ...]``.
+whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md. Each run that has
+diagnostics and a baseline run probed on the same samples (the same seed where there is one) also gets
+``loss_by_t_gap`` in results.json, ``[[step, [gap per bin]], ...]``, and that baseline run's seed,
+``loss_by_t_gap_vs_seed``.
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ def results(outs: List[str], study: dict, runs: Dict[str, Dict[int, RunDir]], ga
                  runs=[run_record(r) for _, r in sorted(runs.get(n, {}).items())]) for n in order if n in runs]
     for arm in arms:
         for rec in arm["runs"]:
-            steps, d = gaps.get(f"{arm['name']}/s{rec['seed']}", ([], []))
+            steps, d, partner = gaps.get(f"{arm['name']}/s{rec['seed']}", ([], [], None))
             if steps:
                 rec["loss_by_t_gap"] = [[st, [float(v) for v in g]] for st, g in zip(steps, d)]
+                rec["loss_by_t_gap_vs_seed"] = partner
     floor = next((f for f in (_json(Path(o, "floor.json")) for o in outs) if f), None)
     return dict(study=study["name"], protocol=study["protocol"], baseline=study["baseline"], arms=arms,
                 floor=dict(fid=floor["fid"], source=floor["source"]) if floor else None)
@@ -150,13 +153,15 @@ def gap_table(res: dict) -> List[str]:
             gap = r.get("loss_by_t_gap") or []
             pick = [g for g in gap if every and g[0] % every == 0] or gap[:: max(1, len(gap) // 4)]
             pick += [gap[-1]] if gap and gap[-1] not in pick else []
-            rows += [f"| {arm['name']}/s{r['seed']} | {st} | {d[0]:+.4f} | {d[1]:+.4f} | "
+            vs = r.get("loss_by_t_gap_vs_seed", r["seed"])
+            rows += [f"| {arm['name']}/s{r['seed']} | s{vs} | {st} | {d[0]:+.4f} | {d[1]:+.4f} | "
                      f"{max(abs(v) for v in d[2:]):.4f} |" for st, d in pick if len(d) > 2]
     if not rows:
         return []
-    head = f"Probe loss by timestep bin minus {res['baseline']}'s (same seed, raw weights; bin 0 = the lowest noise):"
+    head = (f"Probe loss by timestep bin minus {res['baseline']}'s run on the same probe samples (its seed in `vs`: "
+            "the run's own where it has one; raw weights; bin 0 = the lowest noise):")
     return ["", head,
-            "", "| run | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|", *rows]
+            "", "| run | vs | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|---|", *rows]
 
 
 def blocks_table(res: dict) -> List[str]:
@@ -212,16 +217,36 @@ def plots(runs: Dict[str, Dict[int, RunDir]], gaps: Dict[str, tuple], baseline: 
     return notes
 
 
+def probe_key(run: RunDir) -> Optional[tuple]:
+    """What the run's diagnostics probe was drawn from: (probe seed, probe size), or None without a saved config.
+    Runs saved before ``train.diag_probe_seed`` existed drew it from ``train.seed`` (the same samples when equal)."""
+    train = (run.config() or {}).get("train")
+    if not isinstance(train, dict):
+        return None
+    return train.get("diag_probe_seed", train.get("seed")), train.get("diag_probe_size")
+
+
+def _probe_partner(base: Dict[int, RunDir], seed: int, run: RunDir) -> Optional[int]:
+    """The baseline seed to compare ``run``'s probe with: its own seed when that run was probed on the same samples
+    (or either probe is unknown), else the lowest baseline seed whose run had the same probe; None if none."""
+    key = probe_key(run)
+    if seed in base and (key is None or probe_key(base[seed]) in (None, key)):
+        return seed
+    return next((s for s in sorted(base) if key is not None and probe_key(base[s]) == key), None)
+
+
 def loss_by_t_gaps(runs: Dict[str, Dict[int, RunDir]], baseline: str, key: str = "loss_by_t") -> Dict[str, tuple]:
-    """'arm/sSEED' -> (steps, gaps): the probe's ``key`` minus the baseline arm's run with the same seed, at every
-    step both logged. Runs without a same-seed baseline run or without diagnostics are left out."""
+    """'arm/sSEED' -> (steps, gaps, baseline seed): the probe's ``key`` minus the baseline arm's run on the same
+    probe (:func:`_probe_partner`: the same seed where there is one), at every step both logged. Runs without such a
+    baseline run or without diagnostics are left out."""
     base, gaps = runs.get(baseline, {}), {}
     for a, seeds in runs.items():
         for s, r in seeds.items():
-            if a != baseline and s in base:
-                steps, d = _diff(base[s].diagnostics(), r.diagnostics(), key)
+            partner = None if a == baseline else _probe_partner(base, s, r)
+            if partner is not None:
+                steps, d = _diff(base[partner].diagnostics(), r.diagnostics(), key)
                 if steps:
-                    gaps[f"{a}/s{s}"] = (steps, d)
+                    gaps[f"{a}/s{s}"] = (steps, d, partner)
     return gaps
 
 
@@ -238,15 +263,15 @@ def _diag_plots(runs, gaps, baseline: str, dest: Path) -> List[str]:
     if not diag:
         return ["loss_by_t_diff.png and diagnostics.png skipped: no run logged diagnostics (diagnostics.jsonl)"]
     panels = {}
-    for label, (steps, d) in gaps.items():
+    for label, (steps, d, partner) in gaps.items():
         for i in sorted({0, len(steps) // 2, len(steps) - 1}):
-            panels.setdefault(label, {})[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
+            panel = panels.setdefault(f"{label}: loss_by_t - {baseline}/s{partner}", {})
+            panel[f"step {steps[i]}"] = (list(range(len(d[i]))), list(d[i]))
     if panels:
-        atomic_save_with(dest / "loss_by_t_diff.png", lambda t: plot_curves(
-            {f"{k}: loss_by_t - {baseline}": v for k, v in panels.items()}, t, xlabel="timestep bin (x100)"),
-            suffix=".png")
+        atomic_save_with(dest / "loss_by_t_diff.png", lambda t: plot_curves(panels, t, xlabel="timestep bin (x100)"),
+                         suffix=".png")
         atomic_save_with(dest / "loss_by_t_gap.png", lambda t: plot_curves(
-            {f"{k}: loss_by_t - {baseline}": _gap_lines(*v) for k, v in gaps.items()}, t), suffix=".png")
+            {f"{k}: loss_by_t - {baseline}/s{v[2]}": _gap_lines(*v[:2]) for k, v in gaps.items()}, t), suffix=".png")
     atomic_save_with(dest / "diagnostics.png", lambda t: plot_block_stats(diag, DIAG_KEYS, t), suffix=".png")
     low = {k: [dict(step=r["step"], blocks=r["blocks_by_band"]["0"]) for r in rows
                if (r.get("blocks_by_band") or {}).get("0")] for k, rows in diag.items()}
