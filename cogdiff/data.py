@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .config import DATA_KINDS  # noqa: F401  (re-exported: the kinds build_dataset knows)
+from .devices import to_device
 from .io import IMAGE_EXTENSIONS, atomic_savez
 from .latents.dataset import LatentData
 
@@ -83,12 +84,12 @@ class ArrayData:
         self.num_classes = len(self.classes) if (self.labels is not None and self.classes) else None
 
     def get_batch(self, indices: torch.Tensor, generator: torch.Generator):
-        idx = indices.to(self.images.device)
-        x = self.images[idx].to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # (B, C, H, W)
+        idx = to_device(indices, self.images.device)  # no host-device sync: the host keeps queueing work
+        x = to_device(self.images[idx], self.device).float().div_(127.5).sub_(1.0)  # (B, C, H, W)
         if self.random_flip:
             flip = torch.rand(len(indices), generator=generator, device=generator.device) < 0.5
-            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-        y = self.labels[idx].to(self.device) if self.labels is not None else None
+            x = torch.where(to_device(flip, x.device)[:, None, None, None], x.flip(-1), x)
+        y = to_device(self.labels[idx], self.device) if self.labels is not None else None
         return x, y
 
 

@@ -241,6 +241,31 @@ def test_latent_data_batches(full):
         data.get_batch(torch.tensor([12]), torch.Generator())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("keep_on_device", [True, False])
+def test_latent_batches_on_cuda_match_cpu_and_resident_ones_do_not_wait(full, keep_on_device):
+    """On CUDA with a CUDA generator: the same batch as computed on the CPU from the same draws; a resident set's
+    get_batch returns while queued GPU work still runs (no host-device sync on the training hot path)."""
+    out, _ = full
+    data = LatentData(out, device="cuda", keep_on_device=keep_on_device)
+    idx = torch.tensor([11, 0, 5, 5, 7])
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU time
+    x, y = data.get_batch(idx, torch.Generator("cuda").manual_seed(1))
+    busy = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    if keep_on_device:
+        assert busy, "a resident latent set's get_batch waited for the GPU"
+    g = torch.Generator("cuda").manual_seed(1)
+    flip = torch.randint(0, 2, (5,), generator=g, device="cuda").cpu()
+    eps = torch.randn((5, *data.shape), generator=g, device="cuda").cpu()
+    cpu = LatentData(out)
+    stats = cpu._gather(idx, flip).float()
+    ref = (stats[:, 0] + stats[:, 1] * eps - cpu.shift_factor) * cpu.scaling_factor
+    torch.testing.assert_close(x.cpu(), ref)
+    assert y.cpu().tolist() == cpu.labels[idx].tolist()
+
+
 def test_bad_inputs_give_one_line_errors(image_dir, vae_dir, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="pass the ImageNet train dir"):
         run(str(tmp_path / "nope"), tmp_path / "o", vae_dir)

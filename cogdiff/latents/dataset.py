@@ -9,6 +9,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..devices import to_device
 from . import store
 from .extract import load_vae
 
@@ -83,15 +84,15 @@ class LatentData:
 
     def _gather(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """(B,) example indices and flips -> (B, 2, C, H, W) float16 (mean, std) on ``self.device``."""
-        if self._resident is not None:
-            return self._resident[idx.to(self.device), flip.to(self.device)]
-        idx_np, flip_np = idx.numpy(), flip.numpy()
+        if self._resident is not None:  # flips may stay where they were drawn: no host-device sync
+            return self._resident[to_device(idx, self.device), to_device(flip, self.device)]
+        idx_np, flip_np = idx.numpy(), flip.cpu().numpy()
         shard = np.searchsorted(self._starts, idx_np, side="right") - 1  # (B,)
         out = np.empty((len(idx_np), 2, *self.shape), dtype=store.STORE_DTYPE)
         for s in np.unique(shard):
             rows = np.nonzero(shard == s)[0]
             out[rows] = self._shards[s][idx_np[rows] - self._starts[s], flip_np[rows]]
-        return torch.from_numpy(out).to(self.device)
+        return to_device(torch.from_numpy(out), self.device)
 
     def get_batch(self, indices: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Examples ``indices`` -> (x float32 (B, C, H, W), y long (B,)) on ``self.device``."""
@@ -102,13 +103,13 @@ class LatentData:
             )
         gen_device = generator.device if generator is not None else torch.device("cpu")
         if self.random_flip:
-            flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device).cpu()
+            flip = torch.randint(0, 2, (len(idx),), generator=generator, device=gen_device)
         else:
             flip = torch.zeros(len(idx), dtype=torch.long)
-        eps = torch.randn((len(idx), *self.shape), generator=generator, device=gen_device).to(self.device)
+        eps = to_device(torch.randn((len(idx), *self.shape), generator=generator, device=gen_device), self.device)
         stats = self._gather(idx, flip).float()  # (B, 2, C, H, W)
         x = (stats[:, 0] + stats[:, 1] * eps - self.shift_factor) * self.scaling_factor
-        return x, self.labels[idx.to(self.labels.device)].to(self.device)
+        return x, to_device(self.labels[to_device(idx, self.labels.device)], self.device)
 
     def load_vae(self, precision: str = "fp32", device=None, path: Optional[str] = None):
         """The VAE for decoding samples: the manifest's ``vae_path`` (or ``path``, e.g. another decoder of the

@@ -1,0 +1,188 @@
+"""Where a U-ViT's time goes: kernel time by category (matmul, attention, fused/elementwise, ...) per iteration.
+
+    python benchmarks/profile_uvit.py --what forward --batch-size 2500 --attention softmax,cog \\
+        --out benchmarks/results/profile_forward_h200.md --json benchmarks/results/profile_forward_h200.json
+    python benchmarks/profile_uvit.py --what train-step --batch-size 128 --attention softmax,cog
+
+``forward``: one bf16-autocast forward without gradients, as in sampling (the model compiled with
+``--compile reduce-overhead`` by default, the mode sampling uses); ``train-step``: forward, epsilon-MSE and
+backward (the optimizer is not profiled). After warm-up, ``--iters`` iterations run under ``torch.profiler``; each
+kernel's self time on the device is summed and sorted into categories by its name. Also reported: wall time per
+iteration (CUDA-synchronized, outside the profiler), device-busy share, and the throughput a hand count of the
+model's FLOPs gives (2 x parameters x tokens for the matmuls, 4 x L^2 x width per block for attention; x3 for a
+training step). Without CUDA it profiles CPU operators instead (for testing the script; not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from cogdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
+from cogdiff.models.uvit import uvit  # noqa: E402
+
+CATEGORIES = [  # (category, regex on the kernel name), first match wins
+    ("attention", r"flash|fmha|cudnn|attention|_cog_|cog_fwd|cog_bwd|sdpa"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|::mm\b|_mm\b|addmm|cublas|bmm"),
+    ("norm", r"layer_norm|layernorm|rms_norm"),
+    ("copy/convert", r"copy|memcpy|memset|cast|fill"),
+    ("fused/elementwise", r"triton|elementwise|vectorized|reduce|gelu|add|mul"),
+]
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((c for c, pat in CATEGORIES if re.search(pat, low)), "other")
+
+
+def hand_flops(model, batch: int, what: str) -> float:
+    """FLOPs of one iteration by a hand count (see the module docstring)."""
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    tokens = (cfg.sample_size // cfg.patch_size) ** 2 + 1 + (cfg.num_classes is not None)
+    blocks = cfg.depth + 1
+    fwd = batch * (2 * params * tokens + 4 * tokens * tokens * cfg.embed_dim * blocks)
+    return fwd * (3 if what == "train-step" else 1)
+
+
+def make_iteration(attention: str, batch: int, what: str, compile_mode: str, device: str, preset: str,
+                   overrides: dict):
+    torch.manual_seed(0)
+    model = uvit(preset, attention_type=attention, **overrides).to(device)
+    model.train(what == "train-step")
+    fwd = model if compile_mode == "none" else torch.compile(model, mode=compile_mode, dynamic=False)
+    size = model.config.sample_size
+    x = torch.randn(batch, model.config.in_channels, size, size, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    graphs = compile_mode == "reduce-overhead"
+
+    def iteration():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if what == "forward":
+            with torch.no_grad(), autocast:
+                return fwd(x, t).sample.clone()
+        with autocast:
+            loss = F.mse_loss(fwd(x, t).sample.float(), x)
+        loss.backward()
+        return loss.detach()
+
+    return model, iteration
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def wall_ms(iteration, iters: int, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        iteration()
+    sync(device)
+    return (time.perf_counter() - t0) * 1000 / iters
+
+
+def kernel_times(iteration, iters: int, device: str) -> dict:
+    """name -> self device time (ms per iteration); CPU operators' self time without CUDA."""
+    cuda = torch.device(device).type == "cuda"
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(iters):
+            iteration()
+        sync(device)
+    out = {}
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if cuda and getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        if us > 0:
+            out[ev.key] = out.get(ev.key, 0.0) + us / 1000 / iters
+    return out
+
+
+def profile(attention: str, args) -> dict:
+    overrides = {k: v for k, v in dict(depth=args.depth, embed_dim=args.embed_dim, num_heads=args.heads).items()
+                 if v is not None}
+    model, iteration = make_iteration(attention, args.batch_size, args.what, args.compile, args.device,
+                                      args.preset, overrides)
+    for _ in range(args.warmup):
+        iteration()
+    wall = wall_ms(iteration, args.iters, args.device)
+    kernels = kernel_times(iteration, args.iters, args.device)
+    busy = sum(kernels.values())
+    by_cat = {}
+    for name, ms in kernels.items():
+        by_cat[category(name)] = by_cat.get(category(name), 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]
+    flops = hand_flops(model, args.batch_size, args.what)
+    return dict(attention=attention, wall_ms=wall, device_ms=busy, busy_share=busy / wall if wall else None,
+                tflops_wall=flops / wall / 1e9, categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+                top=[dict(name=n, ms=ms, category=category(n)) for n, ms in top])
+
+
+def markdown(rows: list, args, meta: dict) -> str:
+    unit = "device" if meta["cuda"] else "CPU (no CUDA: not a measurement)"
+    lines = [f"# U-ViT-{args.preset} {args.what} profile, batch {args.batch_size}", "",
+             f"bf16 autocast, compile {args.compile}, {args.iters} profiled iterations after {args.warmup} warm-up; "
+             f"{meta['device']}; torch {meta['torch']}; commit {meta['commit']}.", "",
+             "| attention | wall ms/iter | " + unit + " ms/iter | busy | TFLOP/s (hand count, wall) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['attention']} | {r['wall_ms']:.2f} | {r['device_ms']:.2f} | {r['busy_share']:.0%} | "
+              f"{r['tflops_wall']:.3g} |" for r in rows]
+    cats = sorted({c for r in rows for c in r["categories"]})
+    lines += ["", "ms per iteration by kernel category:", "", "| category | " + " | ".join(
+        r["attention"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    lines += [f"| {c} | " + " | ".join(f"{r['categories'].get(c, 0.0):.2f}" for r in rows) + " |" for c in cats]
+    for r in rows:
+        lines += ["", f"Top kernels, {r['attention']}:", "", "| ms/iter | category | kernel |", "|---|---|---|"]
+        lines += [f"| {k['ms']:.3f} | {k['category']} | `{k['name'][:110]}` |" for k in r["top"]]
+    lines += ["", "Command:", "", "    python benchmarks/profile_uvit.py " + " ".join(sys.argv[1:]), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--what", choices=["forward", "train-step"], default="forward")
+    p.add_argument("--preset", default="S/2")
+    p.add_argument("--depth", type=int, default=None, help="override the preset's depth (small test models)")
+    p.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")
+    p.add_argument("--heads", type=int, default=None, help="override the preset's number of heads")
+    p.add_argument("--attention", default="softmax,cog", help="comma-separated: softmax, cog")
+    p.add_argument("--batch-size", type=int, default=2500)
+    p.add_argument("--compile", default="reduce-overhead", choices=["none", "default", "reduce-overhead"])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--commit", default=os.environ.get("COGDIFF_COMMIT", "unknown"))
+    p.add_argument("--out", default=None, help="write the Markdown here (atomically)")
+    p.add_argument("--json", default=None, help="write all numbers here")
+    args = p.parse_args(argv)
+    if args.compile == "reduce-overhead" and torch.device(args.device).type != "cuda":
+        print("note: no CUDA: profiling without CUDA graphs (--compile none)")
+        args.compile = "none"
+    rows = [profile(a.strip(), args) for a in args.attention.split(",") if a.strip()]
+    cuda = torch.device(args.device).type == "cuda"
+    meta = dict(cuda=cuda, device=torch.cuda.get_device_name() if cuda else "CPU", torch=torch.__version__,
+                commit=args.commit)
+    text = markdown(rows, args, meta)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    if args.json:
+        atomic_write_json(args.json, dict(args=vars(args), **meta, rows=rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
