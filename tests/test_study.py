@@ -139,6 +139,22 @@ def test_summary_marks_incomplete_runs():
     assert "incomplete (a partial record; not in the means): a seed 0 (1600 of 2000 steps)" in text
 
 
+def test_summary_means_spread_and_deltas_vs_baseline():
+    from cogdiff.workflows.study_report import summary_markdown
+
+    def run(seed, ema, raw):
+        return dict(seed=seed, steps=2000, fid_ema=ema, fid_raw=raw, kid_ema=0.1, kid_raw=0.1, commit="abc")
+
+    res = dict(study="s", protocol=dict(steps=2000, batch_size=8, final_n=4, scheduler="dpm++", sample_steps=2),
+               baseline="a", floor=None,
+               arms=[dict(name="a", runs=[run(0, 40.0, 45.0)]), dict(name="b", runs=[run(0, 47.0, 47.0),
+                                                                                      run(1, 57.0, 48.0)])])
+    text = summary_markdown(res, [])
+    assert "| Δ FID EMA vs a | Δ FID raw vs a |" in text
+    assert "| a | 1 | 40.00 | n/a | 45.00 | n/a | +0.00 | +0.00 |" in text
+    assert "| b | 2 | 52.00 | 7.07 | 47.50 | 0.71 | +12.00 | +2.50 |" in text
+
+
 def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     """The gap in results.json and summary.md is the arm's probe loss_by_t minus the baseline's, bin by bin, at
     the steps both logged; an arm without a same-seed baseline run gets none."""

@@ -111,6 +111,10 @@ def _f(v, nd=2) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
 
 
+def _delta(v, base) -> str:
+    return "n/a" if v is None or base is None else f"{v - base:+.2f}"
+
+
 def summary_markdown(res: dict, notes: List[str]) -> str:
     p = res["protocol"]
     lines = [f"# Study {res['study']}", "",
@@ -127,16 +131,16 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
             steps = r["steps"] if r["steps"] >= p["steps"] else f"{r['steps']} (incomplete)"
             lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
                          f"{_f(r['kid_ema'], 5)} | {_f(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
-    lines += ["", "| arm | seeds | FID EMA mean | sd | FID raw mean | sd | Δ FID EMA vs " + res["baseline"] + " |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| arm | seeds | FID EMA mean | sd | FID raw mean | sd | Δ FID EMA vs {res['baseline']} | "
+              f"Δ FID raw vs {res['baseline']} |", "|---|---|---|---|---|---|---|---|"]
     base = next((a for a in res["arms"] if a["name"] == res["baseline"]), None)
-    base_mean = _mean_sd([r["fid_ema"] for r in base["runs"]])[0] if base else None
+    base_ema, base_raw = ([_mean_sd([r[k] for r in base["runs"]])[0] for k in ("fid_ema", "fid_raw")] if base
+                          else (None, None))
     for arm in res["arms"]:
         me, se = _mean_sd([r["fid_ema"] for r in arm["runs"]])
         mr, sr = _mean_sd([r["fid_raw"] for r in arm["runs"]])
-        delta = me - base_mean if me is not None and base_mean is not None else None
         lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me)} | {_f(se)} | {_f(mr)} | {_f(sr)} | "
-                     f"{'+' if delta and delta > 0 else ''}{_f(delta)} |")
+                     f"{_delta(me, base_ema)} | {_delta(mr, base_raw)} |")
     lines += gap_table(res) + blocks_table(res)
     if res["floor"]:
         lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
