@@ -88,6 +88,7 @@ class TrainConfig:
     log_every: int = 100
     sample_every: int = 5000  # EMA sample grid; 0 = only at the end
     fid_every: int = 0  # 0 = no FID during training
+    fid_raw: bool = False  # at each fid_every step also score the raw (non-EMA) weights -> fid_raw.jsonl
     diag_every: int = 0  # diagnostics.jsonl on a fixed probe batch every N steps; 0 = off
     diag_probe_size: int = 64  # probe images (from the training data, drawn by their own generator)
     diag_probe_seed: int = 0  # the probe's own seed (images, flips, noise, timesteps): the same probe for every

@@ -8,6 +8,7 @@ A run folder (``train.output_dir``, default ``runs/<config name>``)::
                              (+ gpu_mem_gb on CUDA); loss = mean over the steps since the last row
     fid.jsonl                one object per FID evaluation: step, fid, kid_mean, kid_std, num_images,
                              num_inference_steps, scheduler, ema (true)
+    fid_raw.jsonl            the same for the raw (non-EMA) weights, ema (false); only with train.fid_raw
     diagnostics.jsonl        one object per diagnostics evaluation on a fixed probe batch
     tb/                      TensorBoard scalars (train/*, eval/*) and sample grids
     samples/step_0001000.png EMA sample grids through UViTPipeline
@@ -40,6 +41,7 @@ CONFIG_FILE = "config.yaml"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.jsonl"
 FID_FILE = "fid.jsonl"
+FID_RAW_FILE = "fid_raw.jsonl"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 TB_DIR = "tb"
 SAMPLES_DIR = "samples"
@@ -47,7 +49,7 @@ GRID_NAME = "step_{:07d}.png"
 CHECKPOINTS_DIR = "checkpoints"
 PIPELINE_SUBDIR = "pipeline"
 PIPELINE_INDEX = "model_index.json"
-LOG_FILES = (METRICS_FILE, FID_FILE, DIAGNOSTICS_FILE)
+LOG_FILES = (METRICS_FILE, FID_FILE, FID_RAW_FILE, DIAGNOSTICS_FILE)
 VERSIONED_PACKAGES = ("torch", "diffusers", "accelerate", "torchmetrics", "numpy")
 
 
@@ -199,6 +201,7 @@ class RunDir:
     provenance_file = property(lambda self: self.path / PROVENANCE_FILE)
     metrics_file = property(lambda self: self.path / METRICS_FILE)
     fid_file = property(lambda self: self.path / FID_FILE)
+    fid_raw_file = property(lambda self: self.path / FID_RAW_FILE)
     diagnostics_file = property(lambda self: self.path / DIAGNOSTICS_FILE)
     tb_dir = property(lambda self: self.path / TB_DIR)
     samples_dir = property(lambda self: self.path / SAMPLES_DIR)
@@ -212,8 +215,9 @@ class RunDir:
     def metrics(self, required: bool = False) -> List[dict]:
         return read_jsonl(self.metrics_file, required)
 
-    def fid(self) -> List[dict]:
-        return read_jsonl(self.fid_file)
+    def fid(self, raw: bool = False) -> List[dict]:
+        """FID rows of the EMA weights (fid.jsonl), or of the raw weights with ``raw`` (fid_raw.jsonl)."""
+        return read_jsonl(self.fid_raw_file if raw else self.fid_file)
 
     def diagnostics(self) -> List[dict]:
         return read_jsonl(self.diagnostics_file)

@@ -172,6 +172,9 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     run("base", 0, {5: [0.5, 0.4, 0.3, 0.2], 10: [0.4, 0.3, 0.2, 0.1]})
     run("arm", 0, {5: [0.25, 0.5, 0.3, 0.1], 10: [0.5, 0.3, 0.15, 0.1], 15: [9.0, 9.0, 9.0, 9.0]})
     run("arm", 1, {5: [0.1, 0.1, 0.1, 0.1]})  # no baseline run with seed 1
+    arm0 = tmp_path / "out" / "runs" / "arm" / "seed0"
+    (arm0 / "fid.jsonl").write_text(json.dumps(dict(step=5, fid=50.0, ema=True)) + "\n")
+    (arm0 / "fid_raw.jsonl").write_text(json.dumps(dict(step=5, fid=45.0, ema=False)) + "\n")  # train.fid_raw
     study = dict(name="g", baseline="base", arms=[dict(name="base", overrides={}), dict(name="arm", overrides={})],
                  protocol=dict(steps=10, batch_size=2, final_n=4, scheduler="ddim", sample_steps=2, fid_every=5))
     dest = study_report([str(tmp_path / "out")], study=study)
@@ -180,6 +183,8 @@ def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):
     steps = [g[0] for g in runs[0]["loss_by_t_gap"]]
     gaps = [g[1] for g in runs[0]["loss_by_t_gap"]]
     assert steps == [5, 10] and "loss_by_t_gap" not in runs[1]
+    assert runs[0]["fid_curve"] == [[5, 50.0]] and runs[0]["fid_raw_curve"] == [[5, 45.0]]
+    assert "fid_raw_curve" not in runs[1] and (dest / "fid_vs_step.png").is_file()
     assert gaps[0] == pytest.approx([-0.25, 0.1, 0.0, -0.1]) and gaps[1] == pytest.approx([0.1, 0.0, -0.05, 0.0])
     text = (dest / "summary.md").read_text()
     assert "| arm/s0 | s0 | 5 | -0.2500 | +0.1000 | 0.1000 |" in text

@@ -164,6 +164,27 @@ def test_ema_update_and_warmup():
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
+def test_ema_holding_loads_weights_and_restores_the_ema_bit_for_bit():
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    before = [p.clone() for p in ema.model.parameters()]
+    storage = [p.data_ptr() for p in ema.model.parameters()]
+    with ema.holding(model) as m:
+        assert m is ema.model and torch.equal(m.weight, model.weight) and torch.equal(m.bias, model.bias)
+        assert [p.data_ptr() for p in m.parameters()] == storage  # copied in place (compiled graphs keep working)
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.model.parameters()))
+    with pytest.raises(RuntimeError, match="boom"):
+        with ema.holding(model):
+            raise RuntimeError("boom")
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.model.parameters()))
+    with pytest.raises(ValueError, match="do not match"):
+        with ema.holding(torch.nn.Linear(3, 2, bias=False)):
+            pass
+
+
 def test_batch_plan_partitions_each_global_batch():
     plan = BatchPlan(num_examples=50, batch_size=12, world=2, grad_accum=3, seed=0)
     assert plan.micro == 2 and plan.steps_per_epoch == 4
@@ -300,6 +321,46 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
                       "num_inference_steps": 2,
                       "scheduler": "dpm++", "ema": True}
     assert UViTPipeline.from_pretrained(tmp_path / "pipeline").transformer.config.num_classes == 4
+
+
+def test_fid_raw_scores_the_raw_weights_and_leaves_the_ema_untouched(train_mod, tmp_path, monkeypatch):
+    """train.fid_raw: at each FID step a second score, of the raw weights loaded into the sampling model, goes to
+    fid_raw.jsonl (ema false); the EMA weights and the training are the same as without it, bit for bit."""
+    import cogdiff.metrics
+
+    seen = []
+
+    class FakeEvaluator:
+        def __init__(self, ref_stats, device=None, weights=None):
+            pass
+
+        def score_images(self, batches, gather=False, **kw):
+            model = batches.gi_frame.f_locals["pipeline"].transformer
+            seen.append([p.detach().clone() for p in model.parameters()])
+            n = sum(b.shape[0] for b in batches)
+            return {"fid": float(len(seen)), "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": n}
+
+    monkeypatch.setattr(cogdiff.metrics, "FIDEvaluator", FakeEvaluator)
+    common = ["train.steps=4", "train.fid_every=2", "train.fid_ref=ref.npz", "train.fid_num_images=4",
+              "sample.batch_size=4", "train.checkpoint_every=100"]
+    run_training(micro_cfg(tmp_path / "with", *common, "train.fid_raw=true"))
+    with_raw = seen[:]
+    seen.clear()
+    run_training(micro_cfg(tmp_path / "without", *common))
+    assert len(with_raw) == 4 and len(seen) == 2  # (EMA, raw) at steps 2 and 4; EMA only
+    for a, b in zip(with_raw[0::2], seen):  # the EMA scored at each step is the same either way
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(with_raw[0], with_raw[1]))  # the raw weights differ
+    raw = UViTPipeline.from_pretrained(tmp_path / "with" / "pipeline", variant="raw").transformer
+    assert all(torch.equal(x, y) for x, y in zip(with_raw[3], raw.parameters()))  # step 4: the final raw weights
+    for run in ("with", "without"):
+        ema = UViTPipeline.from_pretrained(tmp_path / run / "pipeline").transformer
+        assert all(torch.equal(x, y) for x, y in zip(seen[1], ema.parameters()))  # the EMA was restored
+    assert [(r["step"], r["fid"], r["ema"]) for r in rows(tmp_path / "with" / "fid.jsonl")] == [(2, 1.0, True),
+                                                                                             (4, 3.0, True)]
+    assert [(r["step"], r["fid"], r["ema"]) for r in rows(tmp_path / "with" / "fid_raw.jsonl")] == [
+        (2, 2.0, False), (4, 4.0, False)]
+    assert not (tmp_path / "without" / "fid_raw.jsonl").exists()
 
 
 def test_resume_guards(train_mod, tmp_path):

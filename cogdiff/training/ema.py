@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -27,6 +28,26 @@ class EMA:
     def current_decay(self) -> float:
         n = self.num_updates
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @contextlib.contextmanager
+    def holding(self, model: torch.nn.Module):
+        """Within the block ``self.model`` holds ``model``'s weights (to sample them through the same pipeline and
+        compiled graphs: the parameters are copied in place, so their storage does not change); the EMA weights
+        are restored bit for bit afterwards, also when the block raises."""
+        ema_params = list(self.model.parameters())
+        params = [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(params):
+            raise ValueError("EMA.holding: the model's parameters do not match the EMA copy's")
+        with torch.no_grad():
+            saved = [p.clone() for p in ema_params]
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for e, s in zip(ema_params, saved):
+                    e.copy_(s)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:

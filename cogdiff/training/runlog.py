@@ -28,11 +28,13 @@ class RunLog:
                 self.tb.add_scalar(f"train/{k}", v, row["step"])
         self.tb.flush()
 
-    def fid(self, row: dict) -> None:
-        append_jsonl(self.run.fid_file, row)
+    def fid(self, row: dict, raw: bool = False) -> None:
+        """An FID row of the EMA weights (fid.jsonl, eval/fid) or, with ``raw``, the raw ones (fid_raw.jsonl,
+        eval/fid_raw)."""
+        append_jsonl(self.run.fid_raw_file if raw else self.run.fid_file, row)
         for k in ("fid", "kid_mean"):
             if row.get(k) is not None:
-                self.tb.add_scalar(f"eval/{k}", row[k], row["step"])
+                self.tb.add_scalar(f"eval/{k}{'_raw' if raw else ''}", row[k], row["step"])
         self.tb.flush()
 
     def diagnostics(self, row: dict) -> None:

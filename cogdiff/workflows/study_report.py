@@ -47,6 +47,9 @@ def run_record(run: RunDir) -> dict:
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
     out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
+    raw_curve = [[r["step"], r["fid"]] for r in run.fid(raw=True) if r.get("fid") is not None]
+    if raw_curve:  # runs with train.fid_raw
+        out["fid_raw_curve"] = raw_curve
     if len(rows) > 1 and "time" in rows[0]:  # wall time of training from the first to the last logged step
         out["train_min"] = round((rows[-1]["time"] - rows[0]["time"]) / 60, 2)
     out["eval_min"] = round(rec["eval_s"] / 60, 2) if "eval_s" in rec else None
@@ -204,8 +207,10 @@ def plots(runs: Dict[str, Dict[int, RunDir]], gaps: Dict[str, tuple], baseline: 
     """The report's plots; returns notes for those skipped."""
     notes = []
     fid = _curves(runs, "fid", RunDir.fid)
+    raw = _curves(runs, "fid", lambda r: r.fid(raw=True))  # runs with train.fid_raw: a second panel
     if fid:
-        atomic_save_with(dest / "fid_vs_step.png", lambda t: plot_curves({"fid": fid}, t), suffix=".png")
+        panels = {"fid (EMA)": fid, **({"fid (raw weights)": raw} if raw else {})}
+        atomic_save_with(dest / "fid_vs_step.png", lambda t: plot_curves(panels, t), suffix=".png")
     else:
         notes.append("fid_vs_step.png skipped: no run logged FID during training (fid.jsonl)")
     base = runs.get(baseline, {})

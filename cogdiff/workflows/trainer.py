@@ -435,7 +435,14 @@ class Hooks:
             self.log.grid(sample_images(self.pipeline, self.t.cfg, self.t.num_classes), done)
 
     def score_fid(self, done: int) -> None:
-        """FID of ``train.fid_num_images`` EMA samples; every process samples its share of the batches."""
+        """FID of ``train.fid_num_images`` EMA samples (fid.jsonl) and, with ``train.fid_raw``, of the raw weights
+        loaded into the same sampling model (fid_raw.jsonl); every process samples its share of the batches."""
+        self.score_fid_of(done, raw=False)
+        if self.t.cfg.train.fid_raw:
+            with self.t.ema.holding(self.t.raw):
+                self.score_fid_of(done, raw=True)
+
+    def score_fid_of(self, done: int, raw: bool) -> None:
         cfg, s, acc = self.t.cfg, self.t.cfg.sample, self.t.accelerator
         batches = pipeline_batches(self.pipeline, cfg.train.fid_num_images, s.batch_size, s.num_inference_steps, s.seed,
                                    rank=acc.process_index, world=acc.num_processes, guidance_scale=s.guidance_scale,
@@ -444,9 +451,10 @@ class Hooks:
         if self.t.is_main:
             keep = ("fid", "kid_mean", "kid_std", "kid_subset_size", "num_images")
             ref = getattr(self.t.fid, "ref", None)
-            color = {"color": result.get("color"), "color_ref": getattr(ref, "color", None)}
+            color = {k: v for k, v in (("color", result.get("color")), ("color_ref", getattr(ref, "color", None)))
+                     if v is not None}
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
-                          "scheduler": s.scheduler, "ema": True, **{k: v for k, v in color.items() if v is not None}})
+                          "scheduler": s.scheduler, "ema": not raw, **color}, raw=raw)
 
     def close(self) -> None:
         """After Ctrl-C or an error: close the progress bar and the logs (nothing exported)."""
