@@ -153,6 +153,7 @@ def test_summary_means_spread_and_deltas_vs_baseline():
     assert "| Δ FID EMA vs a | Δ FID raw vs a |" in text
     assert "| a | 1 | 40.00 | n/a | 45.00 | n/a | +0.00 | +0.00 |" in text
     assert "| b | 2 | 52.00 | 7.07 | 47.50 | 0.71 | +12.00 | +2.50 |" in text
+    assert "| Δ KID EMA vs a | Δ KID raw vs a |" in text and "| b | 2 | 0.10000 | 0.00000 | 0.10000 | 0.00000 |" in text
 
 
 def test_report_loss_by_t_gap_vs_same_seed_baseline(tmp_path):

@@ -114,8 +114,23 @@ def _f(v, nd=2) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
 
 
-def _delta(v, base) -> str:
-    return "n/a" if v is None or base is None else f"{v - base:+.2f}"
+def _delta(v, base, nd=2) -> str:
+    return "n/a" if v is None or base is None else f"{v - base:+.{nd}f}"
+
+
+def arm_table(res: dict, metric: str, nd: int) -> List[str]:
+    """Markdown lines: per arm, mean and sd over seeds of ``metric`` ("fid" or "kid") for the EMA and raw weights,
+    and each mean minus the baseline arm's."""
+    name, b = metric.upper(), res["baseline"]
+    base = next((a for a in res["arms"] if a["name"] == b), None)
+    base_means = {w: _mean_sd([r[f"{metric}_{w}"] for r in base["runs"]])[0] if base else None for w in ("ema", "raw")}
+    lines = ["", f"| arm | seeds | {name} EMA mean | sd | {name} raw mean | sd | Δ {name} EMA vs {b} | "
+             f"Δ {name} raw vs {b} |", "|---|---|---|---|---|---|---|---|"]
+    for arm in res["arms"]:
+        (me, se), (mr, sr) = (_mean_sd([r[f"{metric}_{w}"] for r in arm["runs"]]) for w in ("ema", "raw"))
+        lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me, nd)} | {_f(se, nd)} | {_f(mr, nd)} | "
+                     f"{_f(sr, nd)} | {_delta(me, base_means['ema'], nd)} | {_delta(mr, base_means['raw'], nd)} |")
+    return lines
 
 
 def summary_markdown(res: dict, notes: List[str]) -> str:
@@ -134,16 +149,7 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
             steps = r["steps"] if r["steps"] >= p["steps"] else f"{r['steps']} (incomplete)"
             lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
                          f"{_f(r['kid_ema'], 5)} | {_f(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
-    lines += ["", f"| arm | seeds | FID EMA mean | sd | FID raw mean | sd | Δ FID EMA vs {res['baseline']} | "
-              f"Δ FID raw vs {res['baseline']} |", "|---|---|---|---|---|---|---|---|"]
-    base = next((a for a in res["arms"] if a["name"] == res["baseline"]), None)
-    base_ema, base_raw = ([_mean_sd([r[k] for r in base["runs"]])[0] for k in ("fid_ema", "fid_raw")] if base
-                          else (None, None))
-    for arm in res["arms"]:
-        me, se = _mean_sd([r["fid_ema"] for r in arm["runs"]])
-        mr, sr = _mean_sd([r["fid_raw"] for r in arm["runs"]])
-        lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me)} | {_f(se)} | {_f(mr)} | {_f(sr)} | "
-                     f"{_delta(me, base_ema)} | {_delta(mr, base_raw)} |")
+    lines += arm_table(res, "fid", 2) + arm_table(res, "kid", 5)
     lines += gap_table(res) + blocks_table(res)
     if res["floor"]:
         lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
