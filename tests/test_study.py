@@ -31,9 +31,11 @@ def write_study(path: Path, arms) -> Path:
 
 
 def table_rows(summary: str):
-    """The arm x seed table's rows (8 columns, the last the commit)."""
-    return [line for line in summary.splitlines() if line.startswith("| ") and len(line.split("|")) == 10
-            and line.split("|")[2].strip().isdigit()]
+    """The arm x seed table's rows: the table under the header that starts ``| arm | seed | steps |``."""
+    lines = summary.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| arm | seed | steps |")) + 2
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
 
 
 @pytest.fixture(scope="module")
