@@ -241,11 +241,22 @@ def test_latent_data_batches(full):
         data.get_batch(torch.tensor([12]), torch.Generator())
 
 
+def test_reading_both_copies_then_picking_equals_reading_the_picked_copy(full):
+    """The disk path for flips drawn on a GPU reads image and mirror and picks on the device; the pick is the same
+    as reading the chosen copy directly (what the CPU path does)."""
+    out, _ = full
+    data = LatentData(out)
+    idx, flip = np.array([11, 0, 5, 5, 7]), np.array([1, 0, 1, 0, 1])
+    both = torch.from_numpy(data._read(idx))
+    assert both.shape == (5, 2, 2, *data.shape)
+    assert torch.equal(both[torch.arange(5), torch.from_numpy(flip)], torch.from_numpy(data._read(idx, flip)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("keep_on_device", [True, False])
-def test_latent_batches_on_cuda_match_cpu_and_resident_ones_do_not_wait(full, keep_on_device):
-    """On CUDA with a CUDA generator: the same batch as computed on the CPU from the same draws; a resident set's
-    get_batch returns while queued GPU work still runs (no host-device sync on the training hot path)."""
+def test_latent_batches_on_cuda_match_cpu_and_do_not_wait(full, keep_on_device):
+    """On CUDA with a CUDA generator: the same batch as computed on the CPU from the same draws, and get_batch
+    returns while queued GPU work still runs (no host-device sync on the training hot path), read from disk or not."""
     out, _ = full
     data = LatentData(out, device="cuda", keep_on_device=keep_on_device)
     idx = torch.tensor([11, 0, 5, 5, 7])
@@ -254,8 +265,7 @@ def test_latent_batches_on_cuda_match_cpu_and_resident_ones_do_not_wait(full, ke
     x, y = data.get_batch(idx, torch.Generator("cuda").manual_seed(1))
     busy = not torch.cuda.current_stream().query()
     torch.cuda.synchronize()
-    if keep_on_device:
-        assert busy, "a resident latent set's get_batch waited for the GPU"
+    assert busy, "get_batch waited for the GPU (a host-device sync on the training hot path)"
     g = torch.Generator("cuda").manual_seed(1)
     flip = torch.randint(0, 2, (5,), generator=g, device="cuda").cpu()
     eps = torch.randn((5, *data.shape), generator=g, device="cuda").cpu()

@@ -82,17 +82,28 @@ class LatentData:
     def __len__(self) -> int:
         return self.num_examples
 
-    def _gather(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """(B,) example indices and flips -> (B, 2, C, H, W) float16 (mean, std) on ``self.device``."""
-        if self._resident is not None:  # flips may stay where they were drawn: no host-device sync
-            return self._resident[to_device(idx, self.device), to_device(flip, self.device)]
-        idx_np, flip_np = idx.numpy(), flip.cpu().numpy()
+    def _read(self, idx_np: np.ndarray, flip_np: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``idx_np`` from the shards on disk: (B, 2, C, H, W) (mean, std) of the copies ``flip_np``, or with
+        no flips (B, 2, 2, C, H, W), both copies (image, mirror)."""
         shard = np.searchsorted(self._starts, idx_np, side="right") - 1  # (B,)
-        out = np.empty((len(idx_np), 2, *self.shape), dtype=store.STORE_DTYPE)
+        both = flip_np is None
+        out = np.empty((len(idx_np), *((2,) if both else ()), 2, *self.shape), dtype=store.STORE_DTYPE)
         for s in np.unique(shard):
             rows = np.nonzero(shard == s)[0]
-            out[rows] = self._shards[s][idx_np[rows] - self._starts[s], flip_np[rows]]
-        return to_device(torch.from_numpy(out), self.device)
+            local = idx_np[rows] - self._starts[s]
+            out[rows] = self._shards[s][local] if both else self._shards[s][local, flip_np[rows]]
+        return out
+
+    def _gather(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """(B,) example indices (CPU) and flips -> (B, 2, C, H, W) float16 (mean, std) on ``self.device``. Flips
+        drawn on a GPU stay there (reading them on the host would wait for the GPU): from disk both copies are
+        read and the flips pick one on the GPU."""
+        if self._resident is not None:
+            return self._resident[to_device(idx, self.device), to_device(flip, self.device)]
+        if flip.device.type == "cpu":
+            return to_device(torch.from_numpy(self._read(idx.numpy(), flip.numpy())), self.device)
+        both = to_device(torch.from_numpy(self._read(idx.numpy())), flip.device)  # (B, 2, 2, C, H, W)
+        return to_device(both[torch.arange(len(idx), device=flip.device), flip], self.device)
 
     def get_batch(self, indices: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Examples ``indices`` -> (x float32 (B, C, H, W), y long (B,)) on ``self.device``."""
