@@ -269,10 +269,12 @@ def test_load_run(tmp_path):
         + "\n\n"
     )
     (run / "fid.jsonl").write_text(json.dumps({"step": 2, "fid": 300.0}) + "\n")
+    (run / "fid_raw.jsonl").write_text(json.dumps({"step": 2, "fid": 280.0, "ema": False}) + "\n")
     Image.new("RGB", (4, 4)).save(run / "samples" / "step_10" / "a.png")
     (run / "samples" / "notes.txt").write_text("x")
     r = load_run(run)
     assert r.name == "r1" and r.curve("loss") == ([1, 2], [1.0, 0.5]) and r.curve("fid") == ([2], [300.0])
+    assert r.curve("fid_raw") == ([2], [280.0])
     assert r.pipeline_dir is None and [p.endswith("a.png") for p in r.samples] == [True]
     (run / "pipeline").mkdir()
     (run / "pipeline" / "model_index.json").write_text("{}")

@@ -17,17 +17,21 @@ def series(rows: List[dict], key: str, x: str = "step") -> Tuple[List[float], Li
 
 @dataclass
 class Run:
-    """One run folder: its metric rows, FID rows, pipeline folder (or None) and sample files (sorted)."""
+    """One run folder: its metric rows, FID rows (EMA; ``fid_raw``: the raw weights', with ``train.fid_raw``),
+    pipeline folder (or None) and sample files (sorted)."""
 
     path: str
     name: str
     metrics: List[dict] = field(default_factory=list)
     fid: List[dict] = field(default_factory=list)
+    fid_raw: List[dict] = field(default_factory=list)
     pipeline_dir: Optional[str] = None
     samples: List[str] = field(default_factory=list)
 
     def curve(self, key: str = "loss") -> Tuple[List[float], List[float]]:
-        """``loss`` (or any metrics key) vs step; ``fid`` reads fid.jsonl."""
+        """``loss`` (or any metrics key) vs step; ``fid`` reads fid.jsonl, ``fid_raw`` fid_raw.jsonl."""
+        if key == "fid_raw":
+            return series(self.fid_raw, "fid")
         return series(self.fid if key == "fid" else self.metrics, key)
 
 
@@ -38,7 +42,8 @@ def load_run(path, name: Optional[str] = None) -> Run:
         raise FileNotFoundError(f"run folder {path!r} does not exist")
     run = RunDir(os.path.dirname(path) if os.path.basename(path) == PIPELINE_SUBDIR else path)
     return Run(path=os.fspath(run.path), name=name or run.name, metrics=run.metrics(), fid=run.fid(),
-               pipeline_dir=os.fspath(run.pipeline_dir) if run.has_pipeline() else None, samples=run.sample_grids())
+               fid_raw=run.fid(raw=True), samples=run.sample_grids(),
+               pipeline_dir=os.fspath(run.pipeline_dir) if run.has_pipeline() else None)
 
 
 def load_runs(paths: Dict[str, str]) -> Dict[str, Run]:
