@@ -240,6 +240,8 @@ def test_report_tables_each_runs_blocks_at_its_last_diagnostics_step(tmp_path):
         (d / "metrics.jsonl").write_text(json.dumps(dict(step=10, loss=0.1, time=1)) + "\n")
         rows = [dict(step=s, loss_by_t=[0.1], blocks=[block(t, s / 10 + j) for j, t in enumerate(kinds)])
                 for s in (5, 10)]
+        if arm == "arm":  # its diagnostics also have the lowest-noise band's statistics
+            rows[-1]["blocks_by_band"] = {"0": [block(t, 7 + j) for j, t in enumerate(kinds)], "9": []}
         (d / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = tmp_path / "out" / "runs" / "old" / "seed0"
     d.mkdir(parents=True)
@@ -258,3 +260,7 @@ def test_report_tables_each_runs_blocks_at_its_last_diagnostics_step(tmp_path):
     assert "| arm/s0 | 10 | neg_share | 4.00 | 5.00* | 6.00 |" in text
     assert "| base/s0 | 10 | entropy | 1.00 | 2.00 | 3.00 |" in text and "| base/s0 | 10 | neg_share" not in text
     assert "old/s0" not in text.split("Attention per block")[1]
+    assert res["arm"]["blocks_last_t0"]["entropy"] == pytest.approx([7.0, 8.0, 9.0])
+    assert "blocks_last_t0" not in res["base"]
+    band = text.split("lowest-noise band only")[1]
+    assert "| arm/s0 | 10 | entropy | 7.00 | 8.00* | 9.00 |" in band and "base/s0" not in band

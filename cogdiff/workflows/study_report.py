@@ -3,7 +3,8 @@
 results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
 fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
 baseline arm, the probe's loss by noise level vs the baseline, each run's attention statistics per block at its last
-diagnostics step, also ``blocks_last`` in results.json) and plots: fid_vs_step.png, loss_diff.png,
+diagnostics step, over the whole probe and its lowest-noise band, also ``blocks_last`` / ``blocks_last_t0`` in
+results.json) and plots: fid_vs_step.png, loss_diff.png,
 loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, diagnostics_t0.png (lowest-noise band), samples.png. A plot
 whose inputs no run has (no FID or diagnostics logged) is skipped with a note in summary.md. Each run that has
 diagnostics and a baseline run probed on the same samples (the same seed where there is one) also gets
@@ -56,9 +57,11 @@ def run_record(run: RunDir) -> dict:
     out.update(commit=prov.get("commit"), gpu=prov.get("gpu") or rec.get("device"))
     diag = run.diagnostics()
     last = diag[-1] if diag else {}
-    if last.get("blocks") and all({"attention", *BLOCK_TABLE_KEYS} <= set(b) for b in last["blocks"]):
-        out["blocks_last"] = dict(step=last["step"], attention=[b["attention"] for b in last["blocks"]],
-                                  **{k: [b[k] for b in last["blocks"]] for k in BLOCK_TABLE_KEYS})
+    for key, blocks in (("blocks_last", last.get("blocks")),
+                        ("blocks_last_t0", (last.get("blocks_by_band") or {}).get("0"))):
+        if blocks and all({"attention", *BLOCK_TABLE_KEYS} <= set(b) for b in blocks):
+            out[key] = dict(step=last["step"], attention=[b["attention"] for b in blocks],
+                            **{k: [b[k] for b in blocks] for k in BLOCK_TABLE_KEYS})
     return out
 
 
@@ -177,23 +180,29 @@ def gap_table(res: dict) -> List[str]:
             "", "| run | vs | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|---|", *rows]
 
 
+BLOCK_TABLES = (  # (run record key, what the table's rows cover)
+    ("blocks_last", "whole probe"),
+    ("blocks_last_t0", "the probe samples of the lowest-noise band only, t < 100; runs whose diagnostics have "
+                       "blocks_by_band"),
+)
+
+
 def blocks_table(res: dict) -> List[str]:
-    """Markdown lines: per run, its blocks' attention statistics at its last diagnostics step (``*`` = Cog block)."""
-    runs = [(f"{a['name']}/s{r['seed']}", r["blocks_last"]) for a in res["arms"] for r in a["runs"]
-            if r.get("blocks_last")]
-    if not runs:
-        return []
-    n = max(len(b["attention"]) for _, b in runs)
-    lines = ["", "Attention per block at the last diagnostics step (whole probe; entropy in nats of softmax(|s|), "
-             "out_rms of the attention output, mean |s|, share of negative weight; `*` = Cog block):", "",
-             "| run | step | stat | " + " | ".join(f"b{i}" for i in range(n)) + " |", "|---|---|---|" + "---|" * n]
-    for label, b in runs:
-        marks = ["*" if t == "cog" else "" for t in b["attention"]]
-        for k in BLOCK_TABLE_KEYS:
-            if k == "neg_share" and not any(marks):
-                continue
-            lines.append(f"| {label} | {b['step']} | {k} | " + " | ".join(f"{v:.2f}{m}" for v, m in zip(b[k], marks))
-                         + " |")
+    """Markdown lines: per run, its blocks' attention statistics at its last diagnostics step (``*`` = Cog block),
+    over the whole probe and over its lowest-noise band."""
+    lines = []
+    for key, scope in BLOCK_TABLES:
+        runs = [(f"{a['name']}/s{r['seed']}", r[key]) for a in res["arms"] for r in a["runs"] if r.get(key)]
+        if not runs:
+            continue
+        n = max(len(b["attention"]) for _, b in runs)
+        lines += ["", f"Attention per block at the last diagnostics step ({scope}; entropy in nats of softmax(|s|), "
+                  "out_rms of the attention output, mean |s|, share of negative weight; `*` = Cog block):", "",
+                  "| run | step | stat | " + " | ".join(f"b{i}" for i in range(n)) + " |", "|---|---|---|" + "---|" * n]
+        for label, b in runs:
+            marks = ["*" if t == "cog" else "" for t in b["attention"]]
+            lines += [f"| {label} | {b['step']} | {k} | " + " | ".join(f"{v:.2f}{m}" for v, m in zip(b[k], marks))
+                      + " |" for k in BLOCK_TABLE_KEYS if k != "neg_share" or any(marks)]
     return lines
 
 
