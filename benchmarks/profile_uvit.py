@@ -7,8 +7,8 @@
 ``forward``: one bf16-autocast forward without gradients, as in sampling (the model compiled with
 ``--compile reduce-overhead`` by default, the mode sampling uses); ``train-step``: forward, epsilon-MSE and
 backward (the optimizer is not profiled). After warm-up, ``--iters`` iterations run under ``torch.profiler``; each
-kernel's self time on the device is summed and sorted into categories by its name. Also reported: wall time per
-iteration (CUDA-synchronized, outside the profiler), device-busy share, and the throughput a hand count of the
+kernel's self time on the GPU is summed and sorted into categories by its name. Also reported: wall time per
+iteration (CUDA-synchronized, outside the profiler), GPU-busy share, and the throughput a hand count of the
 model's FLOPs gives (2 x parameters x tokens for the matmuls, 4 x L^2 x width per block for attention; x3 for a
 training step). Without CUDA it profiles CPU operators instead (for testing the script; not a measurement).
 """
@@ -93,7 +93,7 @@ def wall_ms(iteration, iters: int, device: str) -> float:
 
 
 def kernel_times(iteration, iters: int, device: str) -> dict:
-    """name -> self device time (ms per iteration); CPU operators' self time without CUDA."""
+    """name -> self GPU time of the kernel (ms per iteration); CPU operators' self time without CUDA."""
     cuda = torch.device(device).type == "cuda"
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
@@ -125,19 +125,19 @@ def profile(attention: str, args) -> dict:
         by_cat[category(name)] = by_cat.get(category(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]
     flops = hand_flops(model, args.batch_size, args.what)
-    return dict(attention=attention, wall_ms=wall, device_ms=busy, busy_share=busy / wall if wall else None,
+    return dict(attention=attention, wall_ms=wall, kernel_ms=busy, busy_share=busy / wall if wall else None,
                 tflops_wall=flops / wall / 1e9, categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
                 top=[dict(name=n, ms=ms, category=category(n)) for n, ms in top])
 
 
 def markdown(rows: list, args, meta: dict) -> str:
-    unit = "device" if meta["cuda"] else "CPU (no CUDA: not a measurement)"
+    unit = "GPU kernel" if meta["cuda"] else "CPU (no CUDA: not a measurement)"
     lines = [f"# U-ViT-{args.preset} {args.what} profile, batch {args.batch_size}", "",
              f"bf16 autocast, compile {args.compile}, {args.iters} profiled iterations after {args.warmup} warm-up; "
              f"{meta['device']}; torch {meta['torch']}; commit {meta['commit']}.", "",
              "| attention | wall ms/iter | " + unit + " ms/iter | busy | TFLOP/s (hand count, wall) |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['attention']} | {r['wall_ms']:.2f} | {r['device_ms']:.2f} | {r['busy_share']:.0%} | "
+    lines += [f"| {r['attention']} | {r['wall_ms']:.2f} | {r['kernel_ms']:.2f} | {r['busy_share']:.0%} | "
               f"{r['tflops_wall']:.3g} |" for r in rows]
     cats = sorted({c for r in rows for c in r["categories"]})
     lines += ["", "ms per iteration by kernel category:", "", "| category | " + " | ".join(

@@ -38,7 +38,7 @@ def test_tiny_profile_tables_add_up(tmp_path):
     assert [r["attention"] for r in rec["rows"]] == ["softmax", "cog"] and rec["cuda"] is False
     for r in rec["rows"]:
         assert r["wall_ms"] > 0 and r["tflops_wall"] > 0
-        assert sum(r["categories"].values()) == pytest.approx(r["device_ms"], rel=1e-9)
+        assert sum(r["categories"].values()) == pytest.approx(r["kernel_ms"], rel=1e-9)
         assert r["categories"]["matmul"] > 0
         tops = [k["ms"] for k in r["top"]]
         assert tops == sorted(tops, reverse=True) and len(tops) <= 15
