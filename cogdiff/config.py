@@ -356,6 +356,9 @@ def validate_numbers(cfg: Config) -> None:
     if not 0 <= cfg.train.ema_decay <= 1 or not 0 <= cfg.train.p_uncond <= 1:
         raise ConfigError("train.ema_decay and train.p_uncond must lie in [0, 1]; "
                           f"got {cfg.train.ema_decay!r}, {cfg.train.p_uncond!r}")
+    if cfg.train.fid_raw and cfg.train.fid_every <= 0:
+        raise ConfigError("train.fid_raw scores the raw weights at each FID step, but train.fid_every is 0: "
+                          "set train.fid_every > 0 or train.fid_raw=false")
     for key in ("patch_size", "embed_dim", "depth", "num_heads", "sample_size", "in_channels"):
         value = cfg.model.get(key)
         if isinstance(value, (int, float)) and value < 1:

@@ -51,6 +51,7 @@ def test_scheduler_aliases_name_real_schedulers():
     ("sample.scheduler=magic", ["sample.scheduler must be one of", "dpm++"]),
     ("optim.betas=0.9", ["optim.betas", "expected a list"]),
     ("train.steps", ["section.key=value"]),
+    ("train.fid_raw=true", ["train.fid_raw", "train.fid_every is 0", "train.fid_every > 0"]),
 ])
 def test_bad_overrides_name_the_fix(override, words):
     with pytest.raises(ConfigError) as e:
