@@ -264,3 +264,40 @@ def test_report_tables_each_runs_blocks_at_its_last_diagnostics_step(tmp_path):
     assert "blocks_last_t0" not in res["base"]
     band = text.split("lowest-noise band only")[1]
     assert "| arm/s0 | 10 | entropy | 7.00 | 8.00* | 9.00 |" in band and "base/s0" not in band
+
+
+def test_status_lists_states_what_is_left_and_the_time_per_run(tmp_path, capsys):
+    """status reads the logs only: scored, trained-not-scored, partial and not-started runs, the --only arguments
+    for what is left and the median minutes of the scored runs; a missing folder is a one-line error."""
+    out = tmp_path / "out"
+
+    def run(arm, seed, steps, scored, minutes=10.0):
+        d = out / "runs" / arm / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(dict(step=s, loss=0.1, time=s / steps * minutes * 60))
+                                                 + "\n" for s in (0, steps)))
+        if scored:
+            (d / "eval").mkdir()
+            (d / "eval" / "compare.json").write_text(json.dumps(dict(eval_s=120, results=[
+                dict(model="ema", fid=41.5, kid_mean=0.03), dict(model="raw", fid=45.25, kid_mean=0.02)])))
+
+    run("base", 0, 20, True, minutes=10.0)
+    run("base", 1, 20, True, minutes=14.0)
+    run("arm", 0, 20, False)
+    run("arm", 1, 8, False)
+    study = dict(name="g", baseline="base", seeds=[0, 1], arms=[dict(name=n, overrides={}, seeds=[0, 1])
+                                                              for n in ("base", "arm")],
+                 protocol=dict(steps=20, batch_size=2, final_n=4, scheduler="ddim", sample_steps=2))
+    (out / "study.yaml").write_text(yaml.safe_dump(study))
+    assert study_main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| base | 0 | scored | 10.0 | 2.0 | 41.50 | 45.25 |" in text
+    assert "| arm | 0 | trained, not scored |" in text and "| arm | 1 | 8 of 20 steps |" in text
+    assert "Left (2 of 4 runs): --only arm:0 --only arm:1" in text
+    assert "Median time per scored run: 14.0 min" in text and "about 28 min" in text
+    newer = write_study(tmp_path / "newer.yaml", ARMS)  # other arm names: nothing of it has run here
+    assert study_main(["status", str(out), "--study", str(newer)]) == 0
+    assert "| qknorm | 1 | not started |" in capsys.readouterr().out
+    assert study_main(["status", str(tmp_path / "nowhere"), "--study", str(newer)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no study folder" in err

@@ -1,5 +1,5 @@
-"""``python -m cogdiff.study run STUDY.yaml --data PATH --out OUT``, ``... evaluate OUT ARM SEED`` and
-``... report OUT [OUT2 ...]``."""
+"""``python -m cogdiff.study run STUDY.yaml --data PATH --out OUT``, ``... evaluate OUT ARM SEED``,
+``... report OUT [OUT2 ...]`` and ``... status OUT [OUT2 ...]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 from ..cli import run_cli
 from . import study
 from .study_report import study_report
+from .study_status import study_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="merge OUT folders (e.g. from several machines) into OUT/report/")
     rep.add_argument("outs", nargs="+")
     rep.add_argument("--dest", default=None, help="report folder (default: the first OUT's report/)")
+    st = sub.add_parser("status", help="what is trained, scored and left, run by run (reads the logs only)")
+    st.add_argument("outs", nargs="+")
+    st.add_argument("--study", default=None, help="study file (default: the first OUT's study.yaml); with a newer "
+                                                   "file, appended arms and seeds show as not started")
     return ap
 
 
@@ -47,6 +52,9 @@ def _run(args) -> None:
         scored = study.evaluate_cli(args.out, args.arm, args.seed, args.device, args.progress)
         print(f"{args.arm} seed {args.seed}: {'scored' if scored else 'already scored'} "
               f"({study.run_dir(args.out, args.arm, args.seed).path / 'eval' / 'compare.json'})")
+        return
+    elif args.cmd == "status":
+        print(study_status(args.outs, args.study), end="")
         return
     else:
         dest = study_report(args.outs, dest=args.dest)

@@ -79,7 +79,8 @@ def collect(outs: List[str]) -> Dict[str, Dict[int, RunDir]]:
     return found
 
 
-def _study(outs: List[str], study: Optional[dict]) -> dict:
+def study_of(outs: List[str], study: Optional[dict] = None) -> dict:
+    """``study``, or else the study.yaml of the first OUT folder that has one."""
     if study is not None:
         return study
     for out in outs:
@@ -318,7 +319,7 @@ def sample_grids(runs: Dict[str, Dict[int, RunDir]], dest: Path) -> Optional[str
 
 def study_report(outs: List[str], study: Optional[dict] = None, dest: Optional[str] = None) -> Path:
     """Merge ``outs`` into ``dest`` (default: the first OUT's report/); returns that folder."""
-    study = _study(outs, study)
+    study = study_of(outs, study)
     dest = Path(dest or Path(outs[0]) / "report")
     dest.mkdir(parents=True, exist_ok=True)
     runs = collect(outs)
