@@ -114,8 +114,9 @@ def _mean_sd(xs: List[float]) -> tuple:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
-def _f(v, nd=2) -> str:
-    return "n/a" if v is None else f"{v:.{nd}f}"
+def fmt(v, nd: int = 2, missing: str = "n/a") -> str:
+    """A number with ``nd`` decimals for a Markdown table; ``missing`` for None."""
+    return missing if v is None else f"{v:.{nd}f}"
 
 
 def _delta(v, base, nd=2) -> str:
@@ -132,8 +133,8 @@ def arm_table(res: dict, metric: str, nd: int) -> List[str]:
              f"Δ {name} raw vs {b} |", "|---|---|---|---|---|---|---|---|"]
     for arm in res["arms"]:
         (me, se), (mr, sr) = (_mean_sd([r[f"{metric}_{w}"] for r in arm["runs"]]) for w in ("ema", "raw"))
-        lines.append(f"| {arm['name']} | {len(arm['runs'])} | {_f(me, nd)} | {_f(se, nd)} | {_f(mr, nd)} | "
-                     f"{_f(sr, nd)} | {_delta(me, base_means['ema'], nd)} | {_delta(mr, base_means['raw'], nd)} |")
+        lines.append(f"| {arm['name']} | {len(arm['runs'])} | {fmt(me, nd)} | {fmt(se, nd)} | {fmt(mr, nd)} | "
+                     f"{fmt(sr, nd)} | {_delta(me, base_means['ema'], nd)} | {_delta(mr, base_means['raw'], nd)} |")
     return lines
 
 
@@ -151,12 +152,12 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
     for arm in res["arms"]:
         for r in arm["runs"]:
             steps = r["steps"] if r["steps"] >= p["steps"] else f"{r['steps']} (incomplete)"
-            lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {_f(r['fid_ema'])} | {_f(r['fid_raw'])} | "
-                         f"{_f(r['kid_ema'], 5)} | {_f(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
+            lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {fmt(r['fid_ema'])} | {fmt(r['fid_raw'])} | "
+                         f"{fmt(r['kid_ema'], 5)} | {fmt(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
     lines += arm_table(res, "fid", 2) + arm_table(res, "kid", 5)
     lines += gap_table(res) + blocks_table(res)
     if res["floor"]:
-        lines += ["", f"Metric floor: FID {_f(res['floor']['fid'])} of `{res['floor']['source']}`."]
+        lines += ["", f"Metric floor: FID {fmt(res['floor']['fid'])} of `{res['floor']['source']}`."]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 

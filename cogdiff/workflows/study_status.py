@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .study import load_study, selected
-from .study_report import collect, run_record, study_of
+from .study_report import collect, fmt, run_record, study_of
 
 
 def run_state(rec: Optional[dict], steps: int) -> str:
@@ -22,10 +22,6 @@ def run_state(rec: Optional[dict], steps: int) -> str:
     if rec and logged >= steps:
         return "scored" if rec["fid_ema"] is not None else "trained, not scored"
     return f"{logged} of {steps} steps" if logged else "not started"
-
-
-def _num(v, nd=2) -> str:
-    return "" if v is None else f"{v:.{nd}f}"
 
 
 def status_markdown(study: dict, outs: List[str]) -> str:
@@ -44,8 +40,9 @@ def status_markdown(study: dict, outs: List[str]) -> str:
         elif rec.get("train_min") and rec.get("eval_min"):
             minutes.append(rec["train_min"] + rec["eval_min"])
         rec = rec or {}
-        lines.append(f"| {arm['name']} | {seed} | {state} | {_num(rec.get('train_min'), 1)} | "
-                     f"{_num(rec.get('eval_min'), 1)} | {_num(rec.get('fid_ema'))} | {_num(rec.get('fid_raw'))} | "
+        lines.append(f"| {arm['name']} | {seed} | {state} | {fmt(rec.get('train_min'), 1, '')} | "
+                     f"{fmt(rec.get('eval_min'), 1, '')} | {fmt(rec.get('fid_ema'), 2, '')} | "
+                     f"{fmt(rec.get('fid_raw'), 2, '')} | "
                      f"{(rec.get('commit') or '')[:10]} |")
     lines += ["", f"Left ({len(left)} of {len(pairs)} runs): {' '.join(left) if left else 'nothing'}"]
     if minutes and left:
