@@ -3,13 +3,18 @@
     python benchmarks/profile_uvit.py --what forward --batch-size 2500 --attention softmax,cog \\
         --out benchmarks/results/profile_forward_h200.md --json benchmarks/results/profile_forward_h200.json
     python benchmarks/profile_uvit.py --what train-step --batch-size 128 --attention softmax,cog
+    python benchmarks/profile_uvit.py --what train-loop --batch-size 128 --attention softmax,cog
 
 ``forward``: one bf16-autocast forward without gradients, as in sampling (the model compiled with
 ``--compile reduce-overhead`` by default, the mode sampling uses); ``train-step``: forward, epsilon-MSE and
-backward (the optimizer is not profiled). After warm-up, ``--iters`` iterations run under ``torch.profiler``; each
-kernel's self time on the GPU is summed and sorted into categories by its name. Also reported: wall time per
-iteration (CUDA-synchronized, outside the profiler), GPU-busy share, and the throughput a hand count of the
-model's FLOPs gives (2 x parameters x tokens for the matmuls, 4 x L^2 x width per block for attention; x3 for a
+backward (the optimizer is not profiled); ``train-loop``: train.py's own optimizer step (``train_step`` of a
+Trainer built from the CIFAR-10 recipe on generated 3x32x32 images: batch assembly, noising, the compiled
+model under CUDA graphs as train.py runs it, loss, backward, grad norm, AdamW, LR schedule, EMA), so the gap
+between wall time and kernel time is the host work the loop adds. After warm-up, ``--iters`` iterations run
+under ``torch.profiler``; each kernel's self time on the GPU is summed and sorted into categories by its name;
+the host operators with the most CPU time (inclusive) are listed too. Also reported: wall time per iteration
+(CUDA-synchronized, outside the profiler), GPU-busy share, and the throughput a hand count of the model's FLOPs
+gives (2 x parameters x tokens for the matmuls, 4 x L^2 x width per block for attention; x3 for a
 training step). Without CUDA it profiles CPU operators instead (for testing the script; not a measurement).
 """
 
@@ -19,17 +24,20 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
 from cogdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from cogdiff.models.uvit import uvit  # noqa: E402
 
 CATEGORIES = [  # (category, regex on the kernel name), first match wins
     ("attention", r"flash|fmha|cudnn|attention|_cog_|cog_fwd|cog_bwd|sdpa"),
+    ("optimizer/EMA", r"adam|multi_tensor|foreach|lerp"),
     ("matmul", r"gemm|cutlass|xmma|nvjet|matmul|::mm\b|_mm\b|addmm|cublas|bmm"),
     ("norm", r"layer_norm|layernorm|rms_norm"),
     ("copy/convert", r"copy|memcpy|memset|cast|fill"),
@@ -49,7 +57,7 @@ def hand_flops(model, batch: int, what: str) -> float:
     tokens = (cfg.sample_size // cfg.patch_size) ** 2 + 1 + (cfg.num_classes is not None)
     blocks = cfg.depth + 1
     fwd = batch * (2 * params * tokens + 4 * tokens * tokens * cfg.embed_dim * blocks)
-    return fwd * (3 if what == "train-step" else 1)
+    return fwd * (1 if what == "forward" else 3)
 
 
 def make_iteration(attention: str, batch: int, what: str, compile_mode: str, device: str, preset: str,
@@ -78,6 +86,22 @@ def make_iteration(attention: str, batch: int, what: str, compile_mode: str, dev
     return model, iteration
 
 
+def make_loop_iteration(attention: str, batch: int, compile_mode: str, preset: str, overrides: dict, out_dir: str):
+    """train.py's ``train_step`` on a Trainer of the CIFAR-10 recipe (generated data, every hook off)."""
+    from cogdiff.config import load_config
+    from cogdiff.workflows.trainer import build_trainer, train_step
+
+    model_keys = [f"model.{k}={v}" for k, v in overrides.items()]
+    cfg = load_config(os.path.join(ROOT, "configs", f"cifar10_uvit_s2_{attention}.yaml"), [
+        f"model.preset={preset}", *model_keys, "data.kind=synthetic", "data.resolution=32",
+        f"train.batch_size={batch}", "train.steps=1000000", f"train.compile={compile_mode != 'none'}",
+        f"train.cuda_graphs={compile_mode == 'reduce-overhead'}", "train.fid_every=0", "train.diag_every=0",
+        "train.sample_every=0", f"train.output_dir={out_dir}"])
+    t = build_trainer(cfg)
+    step = iter(range(10**9))
+    return t.raw, lambda: train_step(t, next(step))[0]
+
+
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -92,42 +116,51 @@ def wall_ms(iteration, iters: int, device: str) -> float:
     return (time.perf_counter() - t0) * 1000 / iters
 
 
-def kernel_times(iteration, iters: int, device: str) -> dict:
-    """name -> self GPU time of the kernel (ms per iteration); CPU operators' self time without CUDA."""
+def kernel_times(iteration, iters: int, device: str) -> tuple:
+    """(name -> self GPU time of the kernel, name -> inclusive CPU time of the host operator), ms per iteration.
+    Without CUDA the first holds the CPU operators' self time."""
     cuda = torch.device(device).type == "cuda"
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(iters):
             iteration()
         sync(device)
-    out = {}
+    kernels, host = {}, {}
     for ev in prof.key_averages():
+        on_gpu = getattr(ev, "device_type", None) == torch.autograd.DeviceType.CUDA
+        if not on_gpu and ev.cpu_time_total > 0:
+            host[ev.key] = host.get(ev.key, 0.0) + ev.cpu_time_total / 1000 / iters
         us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
-        if cuda and getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        if us > 0:
-            out[ev.key] = out.get(ev.key, 0.0) + us / 1000 / iters
-    return out
+        if (on_gpu or not cuda) and us > 0:
+            kernels[ev.key] = kernels.get(ev.key, 0.0) + us / 1000 / iters
+    return kernels, host
 
 
 def profile(attention: str, args) -> dict:
     overrides = {k: v for k, v in dict(depth=args.depth, embed_dim=args.embed_dim, num_heads=args.heads).items()
                  if v is not None}
-    model, iteration = make_iteration(attention, args.batch_size, args.what, args.compile, args.device,
-                                      args.preset, overrides)
-    for _ in range(args.warmup):
-        iteration()
-    wall = wall_ms(iteration, args.iters, args.device)
-    kernels = kernel_times(iteration, args.iters, args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.what == "train-loop":
+            model, iteration = make_loop_iteration(attention, args.batch_size, args.compile, args.preset, overrides,
+                                                   tmp)
+        else:
+            model, iteration = make_iteration(attention, args.batch_size, args.what, args.compile, args.device,
+                                              args.preset, overrides)
+        for _ in range(args.warmup):
+            iteration()
+        wall = wall_ms(iteration, args.iters, args.device)
+        kernels, host = kernel_times(iteration, args.iters, args.device)
     busy = sum(kernels.values())
     by_cat = {}
     for name, ms in kernels.items():
         by_cat[category(name)] = by_cat.get(category(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[: args.top]
+    top_host = sorted(host.items(), key=lambda kv: -kv[1])[: args.top]
     flops = hand_flops(model, args.batch_size, args.what)
     return dict(attention=attention, wall_ms=wall, kernel_ms=busy, busy_share=busy / wall if wall else None,
                 tflops_wall=flops / wall / 1e9, categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
-                top=[dict(name=n, ms=ms, category=category(n)) for n, ms in top])
+                top=[dict(name=n, ms=ms, category=category(n)) for n, ms in top],
+                top_host=[dict(name=n, ms=ms) for n, ms in top_host])
 
 
 def markdown(rows: list, args, meta: dict) -> str:
@@ -146,13 +179,17 @@ def markdown(rows: list, args, meta: dict) -> str:
     for r in rows:
         lines += ["", f"Top kernels, {r['attention']}:", "", "| ms/iter | category | kernel |", "|---|---|---|"]
         lines += [f"| {k['ms']:.3f} | {k['category']} | `{k['name'][:110]}` |" for k in r["top"]]
+    for r in rows:
+        lines += ["", f"Host operators with the most CPU time (inclusive, so nested ones overlap), {r['attention']}:",
+                  "", "| CPU ms/iter | operator |", "|---|---|"]
+        lines += [f"| {k['ms']:.3f} | `{k['name'][:110]}` |" for k in r["top_host"]]
     lines += ["", "Command:", "", "    python benchmarks/profile_uvit.py " + " ".join(sys.argv[1:]), ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--what", choices=["forward", "train-step"], default="forward")
+    p.add_argument("--what", choices=["forward", "train-step", "train-loop"], default="forward")
     p.add_argument("--preset", default="S/2")
     p.add_argument("--depth", type=int, default=None, help="override the preset's depth (small test models)")
     p.add_argument("--embed-dim", type=int, default=None, help="override the preset's width")

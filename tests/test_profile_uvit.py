@@ -23,6 +23,7 @@ spec.loader.exec_module(profile_uvit)
     ("triton_poi_fused_add_gelu_mul_12", "fused/elementwise"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "fused/elementwise"),
     ("Memcpy DtoD (Device -> Device)", "copy/convert"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer/EMA"),
     ("something_new", "other"),
 ])
 def test_kernel_categories(name, expected):
@@ -45,3 +46,15 @@ def test_tiny_profile_tables_add_up(tmp_path):
     assert rec["rows"][0]["categories"]["attention"] > 0  # SDPA's CPU kernels
     text = out.read_text()
     assert "| softmax |" in text and "by kernel category" in text and "not a measurement" in text
+
+
+def test_train_loop_profiles_the_trainers_own_step(tmp_path):
+    js = tmp_path / "loop.json"
+    assert profile_uvit.main(["--what", "train-loop", "--depth", "1", "--embed-dim", "32", "--heads", "2",
+                              "--batch-size", "4", "--iters", "2", "--warmup", "1", "--attention", "softmax",
+                              "--json", str(js)]) == 0
+    row = json.loads(js.read_text())["rows"][0]
+    hosts = {k["name"] for k in row["top_host"]}
+    assert any(n.startswith("Optimizer.step#AdamW") for n in hosts)  # the optimizer step is inside the iteration
+    assert row["categories"]["optimizer/EMA"] > 0 and row["categories"]["matmul"] > 0
+    assert sum(row["categories"].values()) == pytest.approx(row["kernel_ms"], rel=1e-9)
