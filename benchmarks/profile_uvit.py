@@ -70,7 +70,7 @@ def make_iteration(attention: str, batch: int, what: str, compile_mode: str, dev
     x = torch.randn(batch, model.config.in_channels, size, size, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    graphs = compile_mode == "reduce-overhead"
+    graphs = compile_mode in ("reduce-overhead", "max-autotune")  # max-autotune also captures CUDA graphs
 
     def iteration():
         if graphs:
@@ -196,7 +196,10 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=None, help="override the preset's number of heads")
     p.add_argument("--attention", default="softmax,cog", help="comma-separated: softmax, cog")
     p.add_argument("--batch-size", type=int, default=2500)
-    p.add_argument("--compile", default="reduce-overhead", choices=["none", "default", "reduce-overhead"])
+    p.add_argument("--compile", default="reduce-overhead",
+                   choices=["none", "default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode; max-autotune also tries Triton GEMM templates, which can take in a "
+                        "following pointwise op (e.g. the MLP's GELU) as their epilogue (forward/train-step only)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
@@ -205,7 +208,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the Markdown here (atomically)")
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
-    if args.compile == "reduce-overhead" and torch.device(args.device).type != "cuda":
+    if args.what == "train-loop" and args.compile == "max-autotune":
+        p.error("--compile max-autotune: train-loop runs train.py's own compile setting; use reduce-overhead, "
+                "default or none")
+    if args.compile in ("reduce-overhead", "max-autotune") and torch.device(args.device).type != "cuda":
         print("note: no CUDA: profiling without CUDA graphs (--compile none)")
         args.compile = "none"
     rows = [profile(a.strip(), args) for a in args.attention.split(",") if a.strip()]

@@ -260,6 +260,7 @@ def test_latent_batches_on_cuda_match_cpu_and_do_not_wait(full, keep_on_device):
     out, _ = full
     data = LatentData(out, device="cuda", keep_on_device=keep_on_device)
     idx = torch.tensor([11, 0, 5, 5, 7])
+    data.get_batch(idx, torch.Generator("cuda").manual_seed(1))  # warm-up: a first pinned block may synchronize
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)  # about a second of GPU time
     x, y = data.get_batch(idx, torch.Generator("cuda").manual_seed(1))
