@@ -68,3 +68,19 @@ def test_score_images_reports_the_colours_of_the_scored_images(evaluator):
     out = evaluator.score_images([gen[:4], gen[4:]])
     assert_same_colours(out["color"], color_stats(gen))
     assert out["color"]["channel_mean"][0] < evaluator.ref.color["channel_mean"][0]
+
+
+def test_color_shift_measures_offsets_and_contrast_against_the_reference():
+    from cogdiff.metrics.color import color_shift
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(40, 200, (64, 8, 8, 3), dtype=np.uint8)
+    brighter = np.clip(ref.astype(int) + np.array([10, 0, -6]), 0, 255).astype(np.uint8)  # no clipping in 40..200
+    s = color_shift(color_stats(brighter), color_stats(ref))
+    np.testing.assert_allclose(s["mean_offset"], [10, 0, -6], atol=1e-9)
+    assert abs(s["brightness_offset"] - 4 / 3) < 1e-9
+    np.testing.assert_allclose(s["std_ratio"], [1, 1, 1], atol=1e-9)  # a shift leaves the contrast alone
+    flat = ((ref.astype(int) - 120) // 2 + 120).astype(np.uint8)  # half the contrast around 120
+    assert all(0.45 < r < 0.55 for r in color_shift(color_stats(flat), color_stats(ref))["std_ratio"])
+    with pytest.raises(ValueError, match="cannot be compared"):
+        color_shift(color_stats(ref[..., :1]), color_stats(ref))

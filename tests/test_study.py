@@ -68,6 +68,10 @@ def test_two_arms_then_appended_arm_runs_alone(study, monkeypatch):
     assert res["floor"]["fid"] > 0 and "split=test" in res["floor"]["source"]
     assert "Δ FID EMA vs softmax" in summary and (out / "report" / "samples.png").is_file()
     assert "diagnostics.png skipped" in summary  # no diagnostics logged: a note, not a crash
+    r = res["arms"][0]["runs"][0]
+    assert r["color_ref"]["num_images"] == 6 and r["color_ema"]["num_images"] == 4  # reference vs final samples
+    first = next(line for line in summary.splitlines() if line.startswith("| softmax/s0 | ema |"))
+    assert first.count("|") == 8 and "n/a" not in first
 
 
 def test_interrupted_run_is_finished(study):
@@ -301,3 +305,20 @@ def test_status_lists_states_what_is_left_and_the_time_per_run(tmp_path, capsys)
     assert study_main(["status", str(tmp_path / "nowhere"), "--study", str(newer)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no study folder" in err
+
+
+def test_color_table_offsets_against_the_reference_and_the_floor():
+    from cogdiff.workflows.study_report import color_table
+
+    ref = dict(channel_mean=[120.0, 120.0, 110.0], channel_std=[60.0, 60.0, 60.0], saturation_mean=30.0)
+    bright = dict(channel_mean=[150.0, 140.0, 130.0], channel_std=[66.0, 60.0, 54.0], saturation_mean=32.5)
+    run = dict(seed=0, fid_ema=40.0, fid_raw=45.0, color_ema=ref, color_raw=bright, color_ref=ref,
+               fid_curve=[[5, 90.0]], color_curve=[[5, "ema", bright], [5, "raw", ref]], fid_raw_curve=[[5, 80.0]])
+    res = dict(arms=[dict(name="a", runs=[run])], floor=dict(fid=3.0, source="test split"), floor_color=ref)
+    lines = color_table(res)
+    assert "| a/s0 | ema | 40.00 | +0.0 | +0.0 / +0.0 / +0.0 | 1.00 / 1.00 / 1.00 | +0.0 |" in lines
+    assert "| a/s0 | raw | 45.00 | +23.3 | +30.0 / +20.0 / +20.0 | 1.10 / 1.00 / 0.90 | +2.5 |" in lines
+    assert "| a/s0 | ema @ 5 | 90.00 | +23.3 | +30.0 / +20.0 / +20.0 | 1.10 / 1.00 / 0.90 | +2.5 |" in lines
+    assert "| a/s0 | raw @ 5 | 80.00 | +0.0 | +0.0 / +0.0 / +0.0 | 1.00 / 1.00 / 1.00 | +0.0 |" in lines
+    assert any(line.startswith("| floor") and "| 3.00 |" in line for line in lines)
+    assert color_table(dict(arms=[dict(name="a", runs=[{**run, "color_ref": None}])], floor=None)) == []

@@ -125,3 +125,16 @@ class ColorStats:
 def color_stats(images: Images, layout: str = "auto") -> Dict[str, Union[int, float, List[float]]]:
     """:meth:`ColorStats.result` of one batch."""
     return ColorStats(layout).update(images).result()
+
+
+def color_shift(color: Dict, ref: Dict) -> Dict[str, Union[float, List[float]]]:
+    """How the colours ``color`` of generated images depart from the reference's ``ref`` (both
+    :meth:`ColorStats.result`): ``mean_offset`` per channel and ``brightness_offset`` (their mean), on the 0-255
+    scale; ``std_ratio`` per channel (contrast: > 1 is more contrast than the reference); ``saturation_offset``."""
+    mean, ref_mean = np.asarray(color["channel_mean"], float), np.asarray(ref["channel_mean"], float)
+    std, ref_std = np.asarray(color["channel_std"], float), np.asarray(ref["channel_std"], float)
+    if mean.shape != ref_mean.shape:
+        raise ValueError(f"colour statistics of {mean.size} channels cannot be compared with {ref_mean.size}")
+    return {"mean_offset": [float(v) for v in mean - ref_mean], "brightness_offset": float((mean - ref_mean).mean()),
+            "std_ratio": [float(v) for v in std / ref_std],
+            "saturation_offset": float(color["saturation_mean"] - ref["saturation_mean"])}

@@ -167,7 +167,7 @@ def protocol_record(ev: FIDEvaluator, ref: str, scheduler: str, steps: int, num_
     return dict(sampler=scheduler, steps=steps, num_images=num_images, seed=seed, image_seeds=SEED_RULE,
                 guidance_scale=guidance_scale, bf16=bf16, batch_size=batch_size,
                 ref_stats=os.path.abspath(ref), ref_fingerprint=ev.ref.fingerprint, ref_count=ev.ref.count,
-                ref_source=ev.ref.source, feature_extractor=ev.extractor.extractor_id,
+                ref_source=ev.ref.source, ref_color=ev.ref.color, feature_extractor=ev.extractor.extractor_id,
                 kid_subset_size=ev.last_kid_subset_size, kid_subsets=ev.kid_subsets,
                 inception_score_note=ev.inception_score_note)
 

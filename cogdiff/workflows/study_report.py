@@ -1,8 +1,9 @@
 """``python -m cogdiff.study report OUT [OUT2 ...]``: merge the run folders of one study into OUT/report/.
 
 results.json (the study schema: study, protocol, arms -> runs with seed, steps, fid_ema, fid_raw, kid_ema, kid_raw,
-fid_curve, commit, gpu; floor), summary.md (arm x seed table, mean and spread over seeds, differences vs the
-baseline arm, the probe's loss by noise level vs the baseline, each run's attention statistics per block at its last
+fid_curve, color_ema, color_raw, color_ref, color_curve, commit, gpu; floor, floor_color), summary.md (arm x seed
+table, mean and spread over seeds, differences vs the baseline arm, the probe's loss by noise level vs the baseline,
+the samples' colours against the reference images', each run's attention statistics per block at its last
 diagnostics step, over the whole probe and its lowest-noise band, also ``blocks_last`` / ``blocks_last_t0`` in
 results.json) and plots: fid_vs_step.png, loss_diff.png,
 loss_by_t_diff.png, loss_by_t_gap.png, diagnostics.png, diagnostics_t0.png (lowest-noise band), samples.png. A plot
@@ -25,6 +26,7 @@ from ..analysis.plots import plot_block_stats, plot_curves
 from ..analysis.runs import series
 from ..grids import labeled_rows, save_png
 from ..io import atomic_save_with, atomic_write_json, atomic_write_text
+from ..metrics.color import color_shift
 from ..rundir import RunDir
 
 DIAG_KEYS = ("logit_absmax", "entropy", "neg_share", "out_rms")
@@ -47,6 +49,15 @@ def run_record(run: RunDir) -> dict:
     for w in ("ema", "raw"):
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
+    for w in ("ema", "raw"):
+        out[f"color_{w}"] = scores.get(w, {}).get("color")  # the final evaluation's images (0-255)
+    logged = [*run.fid(), *run.fid(raw=True)]
+    refs = [rec.get("protocol", {}).get("ref_color"),
+            *((s.get("last_logged_fid") or {}).get("color_ref") for s in scores.values()),
+            *(r.get("color_ref") for r in logged)]
+    out["color_ref"] = next((c for c in refs if c), None)  # the reference images' colours (compare.json or FID logs)
+    out["color_curve"] = [[r["step"], "raw" if r.get("ema") is False else "ema", r["color"]] for r in logged
+                          if r.get("color")]
     out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
     raw_curve = [[r["step"], r["fid"]] for r in run.fid(raw=True) if r.get("fid") is not None]
     if raw_curve:  # runs with train.fid_raw
@@ -104,7 +115,8 @@ def results(outs: List[str], study: dict, runs: Dict[str, Dict[int, RunDir]], ga
                 rec["loss_by_t_gap_vs_seed"] = partner
     floor = next((f for f in (_json(Path(o, "floor.json")) for o in outs) if f), None)
     return dict(study=study["name"], protocol=study["protocol"], baseline=study["baseline"], arms=arms,
-                floor=dict(fid=floor["fid"], source=floor["source"]) if floor else None)
+                floor=dict(fid=floor["fid"], source=floor["source"]) if floor else None,
+                floor_color=(floor or {}).get("color"))
 
 
 def _mean_sd(xs: List[float]) -> tuple:
@@ -155,7 +167,7 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
             lines.append(f"| {arm['name']} | {r['seed']} | {steps} | {fmt(r['fid_ema'])} | {fmt(r['fid_raw'])} | "
                          f"{fmt(r['kid_ema'], 5)} | {fmt(r['kid_raw'], 5)} | {(r['commit'] or 'unknown')[:10]} |")
     lines += arm_table(res, "fid", 2) + arm_table(res, "kid", 5)
-    lines += gap_table(res) + blocks_table(res)
+    lines += gap_table(res) + color_table(res) + blocks_table(res)
     if res["floor"]:
         lines += ["", f"Metric floor: FID {fmt(res['floor']['fid'])} of `{res['floor']['source']}`."]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
@@ -180,6 +192,41 @@ def gap_table(res: dict) -> List[str]:
             "the run's own where it has one; raw weights; bin 0 = the lowest noise):")
     return ["", head,
             "", "| run | vs | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|---|", *rows]
+
+
+def _shift_cells(color: Optional[dict], ref: Optional[dict]) -> str:
+    if not color or not ref:
+        return "n/a | n/a | n/a | n/a"
+    c = color_shift(color, ref)
+    return (f"{c['brightness_offset']:+.1f} | " + " / ".join(f"{v:+.1f}" for v in c["mean_offset"]) + " | "
+            + " / ".join(f"{v:.2f}" for v in c["std_ratio"]) + f" | {c['saturation_offset']:+.1f}")
+
+
+def color_table(res: dict) -> List[str]:
+    """Markdown lines: per run, how the colours of its final EMA and raw samples depart from the reference images'
+    (mean offset per channel, contrast as std ratio, saturation), then the same for every in-training FID sample."""
+    head = "| run | weights | FID | brightness | R / G / B mean offset | R / G / B std ratio | saturation |"
+    final, during = [], []
+    for arm in res["arms"]:
+        for r in arm["runs"]:
+            ref, label = r.get("color_ref"), f"{arm['name']}/s{r['seed']}"
+            final += [f"| {label} | {w} | {fmt(r[f'fid_{w}'])} | {_shift_cells(r.get(f'color_{w}'), ref)} |"
+                      for w in ("ema", "raw") if r.get(f"color_{w}") and ref]
+            fids = {("ema", st): v for st, v in r.get("fid_curve", [])}
+            fids.update({("raw", st): v for st, v in r.get("fid_raw_curve", [])})
+            during += [f"| {label} | {w} @ {st} | {fmt(fids.get((w, st)))} | {_shift_cells(c, ref)} |"
+                       for st, w, c in sorted(r.get("color_curve", []), key=lambda x: (x[1], x[0])) if ref]
+    if not final and not during:
+        return []
+    floor = res.get("floor_color")
+    lines = ["", "Colours of the samples against the reference images' (mean offsets on the 0-255 scale; std ratio "
+             "> 1 = more contrast; final FID-10k samples, then each in-training FID sample):", "", head,
+             "|---|---|---|---|---|---|---|", *final]
+    if floor and any(r.get("color_ref") for a in res["arms"] for r in a["runs"]):
+        ref = next(r["color_ref"] for a in res["arms"] for r in a["runs"] if r.get("color_ref"))
+        lines.append(f"| floor (the metric floor's images) | data | {fmt(res['floor']['fid'])} | "
+                     f"{_shift_cells(floor, ref)} |")
+    return lines + during
 
 
 BLOCK_TABLES = (  # (run record key, what the table's rows cover)
