@@ -225,10 +225,14 @@ def write_results(out_dir: str, parts: dict, rows: list, argv: list) -> None:
 # Candidates per kernel: (BLOCK_M, BLOCK_N, num_warps, num_stages, tail); see cog_triton.CONFIGS.
 SWEEP = {  # (candidates that lost everywhere on the H200 at D=64 were dropped to keep the sweep short)
     "fwd": [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (64, 64, 4, 2, True), (128, 64, 8, 3, True),
-            (128, 64, 4, 3, True)],
-    "dq": [(64, 64, 4, 2, True), (64, 64, 4, 2, False), (64, 32, 4, 2, True), (64, 64, 4, 3, True)],
+            (128, 64, 4, 3, True), (128, 64, 4, 4, True)],
+    # the asymmetric backward tiles of Triton's fused-attention tutorial (dq: 128 query rows x 32-key tiles,
+    # dk/dv: 32-query tiles x 128 key rows; 4 warps, 5 stages), and 3-stage / 8-warp variants of them
+    "dq": [(64, 64, 4, 2, True), (64, 64, 4, 2, False), (64, 32, 4, 2, True), (64, 64, 4, 3, True),
+           (128, 32, 4, 5, True), (128, 32, 4, 3, True), (128, 64, 8, 3, True)],
     "dkdv": [(64, 64, 4, 2, True), (64, 64, 4, 2, False), (64, 64, 4, 3, True), (32, 64, 4, 2, True),
-             (32, 64, 4, 3, True), (64, 128, 8, 2, True)],
+             (32, 64, 4, 3, True), (64, 128, 8, 2, True), (32, 128, 4, 5, True), (32, 128, 4, 3, True),
+             (64, 128, 8, 3, True)],
 }
 
 
