@@ -49,17 +49,16 @@ def run_record(run: RunDir) -> dict:
     for w in ("ema", "raw"):
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
-    for w in ("ema", "raw"):
         out[f"color_{w}"] = scores.get(w, {}).get("color")  # the final evaluation's images (0-255)
-    logged = [*run.fid(), *run.fid(raw=True)]
+    ema_rows, raw_rows = run.fid(), run.fid(raw=True)  # in-training FID logs
     refs = [rec.get("protocol", {}).get("ref_color"),
             *((s.get("last_logged_fid") or {}).get("color_ref") for s in scores.values()),
-            *(r.get("color_ref") for r in logged)]
+            *(r.get("color_ref") for r in ema_rows + raw_rows)]
     out["color_ref"] = next((c for c in refs if c), None)  # the reference images' colours (compare.json or FID logs)
-    out["color_curve"] = [[r["step"], "raw" if r.get("ema") is False else "ema", r["color"]] for r in logged
-                          if r.get("color")]
-    out["fid_curve"] = [[r["step"], r["fid"]] for r in run.fid() if r.get("fid") is not None]
-    raw_curve = [[r["step"], r["fid"]] for r in run.fid(raw=True) if r.get("fid") is not None]
+    out["color_curve"] = [[r["step"], w, r["color"]] for w, rows in (("ema", ema_rows), ("raw", raw_rows))
+                          for r in rows if r.get("color")]
+    out["fid_curve"] = [[r["step"], r["fid"]] for r in ema_rows if r.get("fid") is not None]
+    raw_curve = [[r["step"], r["fid"]] for r in raw_rows if r.get("fid") is not None]
     if raw_curve:  # runs with train.fid_raw
         out["fid_raw_curve"] = raw_curve
     if len(rows) > 1 and "time" in rows[0]:  # wall time of training from the first to the last logged step
