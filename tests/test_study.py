@@ -322,3 +322,20 @@ def test_color_table_offsets_against_the_reference_and_the_floor():
     assert "| a/s0 | raw @ 5 | 80.00 | +0.0 | +0.0 / +0.0 / +0.0 | 1.00 / 1.00 / 1.00 | +0.0 |" in lines
     assert any(line.startswith("| floor") and "| 3.00 |" in line for line in lines)
     assert color_table(dict(arms=[dict(name="a", runs=[{**run, "color_ref": None}])], floor=None)) == []
+
+
+def test_class_conditional_arm_is_scored_with_its_own_guidance(study, tmp_path):
+    """An arm that trains a class-conditional model with ``sample.guidance_scale`` is evaluated with that scale
+    (classifier-free guidance, labels cycling over the classes); the unconditional arms keep 1."""
+    _, out = study
+    one = tmp_path / "out"
+    shutil.copytree(out / "stats", one / "stats")
+    arms = [ARMS[0], {"name": "cond", "overrides": {"model.attention_type": "cog", "model.num_classes": 4,
+                                                    "train.p_uncond": 0.1, "sample.guidance_scale": 1.4}}]
+    assert study_main(["run", str(write_study(tmp_path / "cond.yaml", arms)), "--out", str(one),
+                       "--only", "cond:0"]) == 0
+    rec = json.loads((one / "runs" / "cond" / "seed0" / "eval" / "compare.json").read_text())
+    assert rec["protocol"]["guidance_scale"] == 1.4
+    assert {r["model"] for r in rec["results"]} == {"ema", "raw"} and all(r["fid"] > 0 for r in rec["results"])
+    plain = json.loads((out / "runs" / "softmax" / "seed0" / "eval" / "compare.json").read_text())
+    assert plain["protocol"]["guidance_scale"] == 1.0
