@@ -1,5 +1,6 @@
-"""The README's speed numbers are the committed benchmark results: each figure is recomputed from its JSON file
-and looked up in the README text, so a re-run that changes a result fails here until the README follows."""
+"""The README's numbers are the committed results: each speed figure is recomputed from its benchmark JSON file,
+each study score from the study's results.json, and looked up in the text, so a re-run that changes a result fails
+here until the README follows."""
 
 import json
 import re
@@ -82,3 +83,30 @@ def test_profile_figures_are_the_results_files():
     lo, hi = min(r["wall_ms"] for r in loop), max(r["wall_ms"] for r in loop)
     assert f"{lo:.1f}–{hi:.1f} ms" in text
     assert min(r["busy_share"] for r in loop) >= 0.98  # "busy 98-100 %", as the README says
+
+
+STUDY = ROOT / "results" / "cifar10_study"
+
+
+def study_runs() -> dict:
+    res = json.loads((STUDY / "report" / "results.json").read_text())
+    return {(a["name"], r["seed"]): r for a in res["arms"] for r in a["runs"]}
+
+
+def test_results_so_far_quote_the_study_results():
+    """Every scored run's final FID-10k (EMA / raw) and KID-10k in the README's "Results so far" and in the study
+    README's verdict table are the committed results.json."""
+    results = README[README.index("## Results so far"):]
+    results = " ".join(results[:results.index("**Before the study")].split())
+    verdicts = " ".join((STUDY / "README.md").read_text().split())
+    for (arm, seed), r in study_runs().items():
+        if r["fid_ema"] is None:
+            continue
+        name = "softmax" if arm == "A0_softmax" else "Cog" if arm == "A0_cog" else None
+        if name is None:
+            continue
+        ema, raw = shown(r["fid_ema"], 2), shown(r["fid_raw"], 2)
+        quoted = (f"{name} seed {seed}: {ema} (EMA), {raw} (raw)", f"{name} seed {seed}: {ema} / {raw}")
+        assert any(q in results for q in quoted), (arm, seed)
+        assert f"{name} s{seed} {ema} / {raw}" in verdicts, (arm, seed)
+        assert f"{name} s{seed} {shown(r['kid_ema'], 4)} / {shown(r['kid_raw'], 4)}" in verdicts, (arm, seed)
