@@ -204,7 +204,7 @@ def _shift_cells(color: Optional[dict], ref: Optional[dict]) -> str:
 def color_table(res: dict) -> List[str]:
     """Markdown lines: per run, how the colours of its final EMA and raw samples depart from the reference images'
     (mean offset per channel, contrast as std ratio, saturation), then the same for every in-training FID sample."""
-    head = "| run | weights | FID | brightness | R / G / B mean offset | R / G / B std ratio | saturation |"
+    head = "| run | weights | FID | brightness | mean offset per channel | std ratio per channel | saturation |"
     final, during = [], []
     for arm in res["arms"]:
         for r in arm["runs"]:
