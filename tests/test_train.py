@@ -361,6 +361,7 @@ def test_fid_raw_scores_the_raw_weights_and_leaves_the_ema_untouched(train_mod, 
     assert [(r["step"], r["fid"], r["ema"]) for r in rows(tmp_path / "with" / "fid_raw.jsonl")] == [
         (2, 2.0, False), (4, 4.0, False)]
     assert not (tmp_path / "without" / "fid_raw.jsonl").exists()
+    assert all(r["seconds"] >= 0 for name in ("fid.jsonl", "fid_raw.jsonl") for r in rows(tmp_path / "with" / name))
 
 
 def test_resume_guards(train_mod, tmp_path):

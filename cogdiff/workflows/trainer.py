@@ -444,6 +444,7 @@ class Hooks:
 
     def score_fid_of(self, done: int, raw: bool) -> None:
         cfg, s, acc = self.t.cfg, self.t.cfg.sample, self.t.accelerator
+        t0 = time.perf_counter()
         batches = pipeline_batches(self.pipeline, cfg.train.fid_num_images, s.batch_size, s.num_inference_steps, s.seed,
                                    rank=acc.process_index, world=acc.num_processes, guidance_scale=s.guidance_scale,
                                    bf16=cfg.train.mixed_precision == "bf16", cuda_graphs=self.t.graphs)
@@ -454,7 +455,8 @@ class Hooks:
             color = {k: v for k, v in (("color", result.get("color")), ("color_ref", getattr(ref, "color", None)))
                      if v is not None}
             self.log.fid({"step": done, **{k: result[k] for k in keep}, "num_inference_steps": s.num_inference_steps,
-                          "scheduler": s.scheduler, "ema": not raw, **color}, raw=raw)
+                          "scheduler": s.scheduler, "ema": not raw, **color,
+                          "seconds": round(time.perf_counter() - t0, 2)}, raw=raw)  # sampling + scoring
 
     def close(self) -> None:
         """After Ctrl-C or an error: close the progress bar and the logs (nothing exported)."""
