@@ -13,7 +13,8 @@ model under CUDA graphs as train.py runs it, loss, backward, grad norm, AdamW, L
 between wall time and kernel time is the host work the loop adds. After warm-up, ``--iters`` iterations run
 under ``torch.profiler``; each kernel's self time on the GPU is summed and sorted into categories by its name;
 the host operators with the most CPU time (inclusive) are listed too. Also reported: wall time per iteration
-(CUDA-synchronized, outside the profiler), GPU-busy share, and the throughput a hand count of the model's FLOPs
+(CUDA-synchronized, outside the profiler), GPU-busy share (kernel time over that wall time; the two come from
+separate passes, so it can read a little over 100 %), and the throughput a hand count of the model's FLOPs
 gives (2 x parameters x tokens for the matmuls, 4 x L^2 x width per block for attention; x3 for a
 training step). Without CUDA it profiles CPU operators instead (for testing the script; not a measurement).
 """
@@ -128,7 +129,7 @@ def kernel_times(iteration, iters: int, device: str) -> tuple:
     kernels, host = {}, {}
     for ev in prof.key_averages():
         on_gpu = getattr(ev, "device_type", None) == torch.autograd.DeviceType.CUDA
-        if not on_gpu and ev.cpu_time_total > 0:
+        if not on_gpu and ev.cpu_time_total > 0 and ev.key != "cudaDeviceSynchronize":  # (the profiler's own end)
             host[ev.key] = host.get(ev.key, 0.0) + ev.cpu_time_total / 1000 / iters
         us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
         if (on_gpu or not cuda) and us > 0:
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the Markdown here (atomically)")
     p.add_argument("--json", default=None, help="write all numbers here")
     args = p.parse_args(argv)
+    if args.what == "train-loop" and torch.device(args.device).type != ("cuda" if torch.cuda.is_available() else "cpu"):
+        p.error(f"--device {args.device}: train-loop runs on train.py's device (CUDA when there is one)")
     if args.what == "train-loop" and args.compile == "max-autotune":
         p.error("--compile max-autotune: train-loop runs train.py's own compile setting; use reduce-overhead, "
                 "default or none")

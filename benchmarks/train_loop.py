@@ -7,7 +7,8 @@ Each run is a fresh ``python -m cogdiff.workflows.train`` subprocess on the CIFA
 U-ViC-S/2, batch 128, bf16, ``train.compile=true``) with sample grids, FID and diagnostics off and one
 checkpoint at the end. Its ``images_per_s`` is the median of the logged 100-step windows after the first
 ``--skip`` steps (compilation and CUDA-graph capture happen there). Writes the JSON (``{"runs": [...]}``)
-and a Markdown table next to it with the Cog/softmax ratio per graphs setting (medians over repeats).
+and a Markdown table next to it with the Cog/softmax ratio per graphs setting (medians over repeats); with
+``--append`` the runs already in the file are kept, so repeats can be spread over several invocations.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", type=int, default=200, help="steps left out of the median (compilation, capture)")
     ap.add_argument("--out", default="benchmarks/results/train_loop_graphs_h200.json")
     ap.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in --out and add these (repeats over several invocations)")
     args = ap.parse_args(argv)
     settings = {"off": False, "on": True}
     if not set(args.graphs.split(",")) <= set(settings):
@@ -81,6 +84,9 @@ def main(argv=None) -> int:
     args.commit = args.commit or git_commit(ROOT)
     args.gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     runs = []
+    if args.append and os.path.isfile(args.out):
+        with open(args.out) as f:
+            runs = json.load(f)["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):  # interleaved, so drift over time hits every variant alike
             for attention in args.attention.split(","):

@@ -230,6 +230,11 @@ class RunDir:
             return None
         return yaml.safe_load(self.config_file.read_text()) or {}
 
+    def guidance_scale(self) -> float:
+        """The classifier-free guidance scale the run samples with (its config's ``sample.guidance_scale``; 1 = none,
+        also without a saved config)."""
+        return float(((self.config() or {}).get("sample") or {}).get("guidance_scale", 1.0))
+
     def provenance(self) -> Optional[dict]:
         if not self.provenance_file.is_file():
             return None

@@ -60,4 +60,4 @@ def test_train_loop_profiles_the_trainers_own_step(tmp_path):
     hosts = {k["name"] for k in row["top_host"]}
     assert any(n.startswith("Optimizer.step#AdamW") for n in hosts)  # the optimizer step is inside the iteration
     assert row["categories"]["optimizer/EMA"] > 0 and row["categories"]["matmul"] > 0
-    assert sum(row["categories"].values()) == pytest.approx(row["kernel_ms"], rel=1e-9)
+    assert "cudaDeviceSynchronize" not in hosts

@@ -313,20 +313,25 @@ def test_color_table_offsets_against_the_reference_and_the_floor():
     ref = dict(channel_mean=[120.0, 120.0, 110.0], channel_std=[60.0, 60.0, 60.0], saturation_mean=30.0)
     bright = dict(channel_mean=[150.0, 140.0, 130.0], channel_std=[66.0, 60.0, 54.0], saturation_mean=32.5)
     run = dict(seed=0, fid_ema=40.0, fid_raw=45.0, color_ema=ref, color_raw=bright, color_ref=ref,
-               fid_curve=[[5, 90.0]], color_curve=[[5, "ema", bright], [5, "raw", ref]], fid_raw_curve=[[5, 80.0]])
+               fid_curve=[[5, 90.0]], color_curve=[[5, "ema", bright, None], [5, "raw", bright, bright]],
+               fid_raw_curve=[[5, 80.0]])
     res = dict(arms=[dict(name="a", runs=[run])], floor=dict(fid=3.0, source="test split"), floor_color=ref)
     lines = color_table(res)
     assert "| a/s0 | ema | 40.00 | +0.0 | +0.0 / +0.0 / +0.0 | 1.00 / 1.00 / 1.00 | +0.0 |" in lines
     assert "| a/s0 | raw | 45.00 | +23.3 | +30.0 / +20.0 / +20.0 | 1.10 / 1.00 / 0.90 | +2.5 |" in lines
     assert "| a/s0 | ema @ 5 | 90.00 | +23.3 | +30.0 / +20.0 / +20.0 | 1.10 / 1.00 / 0.90 | +2.5 |" in lines
+    # a row scored against a reference of its own is offset against that one, not the final evaluation's
     assert "| a/s0 | raw @ 5 | 80.00 | +0.0 | +0.0 / +0.0 / +0.0 | 1.00 / 1.00 / 1.00 | +0.0 |" in lines
     assert any(line.startswith("| floor") and "| 3.00 |" in line for line in lines)
-    assert color_table(dict(arms=[dict(name="a", runs=[{**run, "color_ref": None}])], floor=None)) == []
+    no_ref = color_table(dict(arms=[dict(name="a", runs=[{**run, "color_ref": None}])], floor=None))
+    assert [line.split(" | ")[1] for line in no_ref if line.startswith("| a/s0")] == ["raw @ 5"]  # its own ref only
+    bare = {**run, "color_ref": None, "color_curve": [[5, "ema", bright, None]]}
+    assert color_table(dict(arms=[dict(name="a", runs=[bare])], floor=None)) == []  # nothing to compare with
 
 
 def test_class_conditional_arm_is_scored_with_its_own_guidance(study, tmp_path):
     """An arm that trains a class-conditional model with ``sample.guidance_scale`` is evaluated with that scale
-    (classifier-free guidance, labels cycling over the classes); the unconditional arms keep 1."""
+    (classifier-free guidance, a label per image seed); the unconditional arms keep 1."""
     _, out = study
     one = tmp_path / "out"
     shutil.copytree(out / "stats", one / "stats")
@@ -336,6 +341,9 @@ def test_class_conditional_arm_is_scored_with_its_own_guidance(study, tmp_path):
                        "--only", "cond:0"]) == 0
     rec = json.loads((one / "runs" / "cond" / "seed0" / "eval" / "compare.json").read_text())
     assert rec["protocol"]["guidance_scale"] == 1.4
+    assert study_main(["report", str(one)]) == 0
+    summary = (one / "report" / "summary.md").read_text()
+    assert "sampled with classifier-free guidance: cond seed 0 (w = 1.4)" in summary
     assert {r["model"] for r in rec["results"]} == {"ema", "raw"} and all(r["fid"] > 0 for r in rec["results"])
     plain = json.loads((out / "runs" / "softmax" / "seed0" / "eval" / "compare.json").read_text())
     assert plain["protocol"]["guidance_scale"] == 1.0

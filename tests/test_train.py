@@ -317,6 +317,7 @@ def test_conditional_grad_accum_and_fid_hook(train_mod, tmp_path, monkeypatch):
     assert calls[1] == ("score", 8, [4, 4], (16, 16, 3), False, False)
     fid = rows(tmp_path / "fid.jsonl")
     assert [r["step"] for r in fid] == [3, 6] and fid[0]["fid"] == 12.0
+    assert fid[0].pop("seconds") >= 0  # how long sampling + scoring took
     assert fid[0] == {"step": 3, "fid": 12.0, "kid_mean": 0.5, "kid_std": 0.1, "kid_subset_size": 8, "num_images": 8,
                       "num_inference_steps": 2,
                       "scheduler": "dpm++", "ema": True}

@@ -307,7 +307,7 @@ def evaluate(study: dict, runs: Dict[str, RunDir], ref: str, out: Path, device) 
 
 def guidance_of(runs: Dict[str, RunDir]) -> float:
     """The classifier-free guidance scale of the runs' configs (``sample.guidance_scale``; the same for all)."""
-    scales = {float((r.config() or {}).get("sample", {}).get("guidance_scale", 1.0)) for r in runs.values()}
+    scales = {r.guidance_scale() for r in runs.values()}
     if len(scales) != 1:
         raise ValueError(f"the runs were trained with different sample.guidance_scale {sorted(scales)}; use one")
     return scales.pop()

@@ -235,17 +235,19 @@ def score_floor(study: dict, data, out, ref: str, device=None) -> Optional[dict]
 
 def evaluate_run(study: dict, out, arm: str, seed: int, ref: str, device=None, progress: bool = False) -> bool:
     """Score one trained run's EMA and raw weights (same image seeds for every arm) into ``eval/compare.json``,
-    unless already scored at the protocol's steps and number of images. A class-conditional arm is sampled with
-    its own ``sample.guidance_scale`` (the run's config; 1 = no guidance), labels cycling over the classes.
+    unless already scored at the protocol's steps, number of images and the run's guidance. A class-conditional
+    arm is sampled with its own ``sample.guidance_scale`` (the run's config; 1 = no guidance), each image's label
+    drawn from its image seed (:func:`cogdiff.sampling.image_labels`).
     Returns whether it scored now."""
     p = study["protocol"]
     run = run_dir(out, arm, seed)
     dest = run.path / "eval"
     done = read_json(dest / "compare.json")
-    if done and done.get("steps_trained") == p["steps"] and done["protocol"]["num_images"] == p["final_n"]:
+    guidance = run.guidance_scale()  # the arm's, as in its in-training FID
+    if (done and done.get("steps_trained") == p["steps"] and done["protocol"]["num_images"] == p["final_n"]
+            and done["protocol"].get("guidance_scale", 1.0) == guidance):
         return False
     t0 = time.perf_counter()
-    guidance = ((run.config() or {}).get("sample") or {}).get("guidance_scale", 1.0)  # the arm's, as in training
     rec = compare([str(run.path), f"{run.path}@raw"], ref, str(dest), labels=["ema", "raw"],
                   num_images=p["final_n"], scheduler=p["scheduler"], steps=p["sample_steps"],
                   batch_size=p["eval_batch"], seed=0, device=device, grid_images=p["grid_images"],

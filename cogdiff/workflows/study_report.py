@@ -50,12 +50,13 @@ def run_record(run: RunDir) -> dict:
         out[f"fid_{w}"] = scores.get(w, {}).get("fid")
         out[f"kid_{w}"] = scores.get(w, {}).get("kid_mean")
         out[f"color_{w}"] = scores.get(w, {}).get("color")  # the final evaluation's images (0-255)
+    out["guidance_scale"] = rec.get("protocol", {}).get("guidance_scale")  # of the final evaluation (1 = none)
     ema_rows, raw_rows = run.fid(), run.fid(raw=True)  # in-training FID logs
-    refs = [rec.get("protocol", {}).get("ref_color"),
-            *((s.get("last_logged_fid") or {}).get("color_ref") for s in scores.values()),
-            *(r.get("color_ref") for r in ema_rows + raw_rows)]
+    refs = [rec.get("protocol", {}).get("ref_color"), *(r.get("color_ref") for r in ema_rows + raw_rows)]
     out["color_ref"] = next((c for c in refs if c), None)  # the reference images' colours (compare.json or FID logs)
-    out["color_curve"] = [[r["step"], w, r["color"]] for w, rows in (("ema", ema_rows), ("raw", raw_rows))
+    # in-training samples: [step, weights, their colours, the colours of the reference that row was scored against]
+    out["color_curve"] = [[r["step"], w, r["color"], r.get("color_ref")] for w, rows in (("ema", ema_rows),
+                                                                                         ("raw", raw_rows))
                           for r in rows if r.get("color")]
     out["fid_curve"] = [[r["step"], r["fid"]] for r in ema_rows if r.get("fid") is not None]
     raw_curve = [[r["step"], r["fid"]] for r in raw_rows if r.get("fid") is not None]
@@ -75,6 +76,11 @@ def run_record(run: RunDir) -> dict:
     return out
 
 
+def _steps(run: RunDir) -> int:
+    rows = run.metrics()
+    return rows[-1]["step"] if rows else 0
+
+
 def collect(outs: List[str]) -> Dict[str, Dict[int, RunDir]]:
     """arm -> seed -> run folder over all OUT folders; a later folder's run of the same (arm, seed) replaces an
     earlier one only if it trained more steps."""
@@ -84,7 +90,7 @@ def collect(outs: List[str]) -> Dict[str, Dict[int, RunDir]]:
             run, arm = RunDir(seed_dir), seed_dir.parent.name
             seed = int(seed_dir.name.removeprefix("seed"))
             old = found.setdefault(arm, {}).get(seed)
-            if old is None or run_record(run)["steps"] > run_record(old)["steps"]:
+            if old is None or _steps(run) > _steps(old):
                 found[arm][seed] = run
     return found
 
@@ -160,6 +166,11 @@ def summary_markdown(res: dict, notes: List[str]) -> str:
              for r in a["runs"] if r["steps"] < p["steps"]]
     if short:
         notes = [f"incomplete (a partial record; not in the means): {', '.join(short)}", *notes]
+    guided = [f"{a['name']} seed {r['seed']} (w = {r['guidance_scale']:g})" for a in res["arms"] for r in a["runs"]
+              if r.get("guidance_scale") not in (None, 1.0)]
+    if guided:
+        notes = [f"sampled with classifier-free guidance: {', '.join(guided)}; their differences from "
+                 f"{res['baseline']} set guided class-conditional samples against the baseline's own", *notes]
     for arm in res["arms"]:
         for r in arm["runs"]:
             steps = r["steps"] if r["steps"] >= p["steps"] else f"{r['steps']} (incomplete)"
@@ -193,9 +204,7 @@ def gap_table(res: dict) -> List[str]:
             "", "| run | vs | step | bin 0 | bin 1 | max abs, bins 2+ |", "|---|---|---|---|---|---|", *rows]
 
 
-def _shift_cells(color: Optional[dict], ref: Optional[dict]) -> str:
-    if not color or not ref:
-        return "n/a | n/a | n/a | n/a"
+def _shift_cells(color: dict, ref: dict) -> str:
     c = color_shift(color, ref)
     return (f"{c['brightness_offset']:+.1f} | " + " / ".join(f"{v:+.1f}" for v in c["mean_offset"]) + " | "
             + " / ".join(f"{v:.2f}" for v in c["std_ratio"]) + f" | {c['saturation_offset']:+.1f}")
@@ -203,28 +212,30 @@ def _shift_cells(color: Optional[dict], ref: Optional[dict]) -> str:
 
 def color_table(res: dict) -> List[str]:
     """Markdown lines: per run, how the colours of its final EMA and raw samples depart from the reference images'
-    (mean offset per channel, contrast as std ratio, saturation), then the same for every in-training FID sample."""
+    (mean offset per channel, contrast as std ratio, saturation), then the same for every in-training FID sample
+    (against the reference that sample was scored against)."""
     head = "| run | weights | FID | brightness | mean offset per channel | std ratio per channel | saturation |"
     final, during = [], []
     for arm in res["arms"]:
         for r in arm["runs"]:
             ref, label = r.get("color_ref"), f"{arm['name']}/s{r['seed']}"
-            final += [f"| {label} | {w} | {fmt(r[f'fid_{w}'])} | {_shift_cells(r.get(f'color_{w}'), ref)} |"
+            final += [f"| {label} | {w} | {fmt(r[f'fid_{w}'])} | {_shift_cells(r[f'color_{w}'], ref)} |"
                       for w in ("ema", "raw") if r.get(f"color_{w}") and ref]
             fids = {("ema", st): v for st, v in r.get("fid_curve", [])}
             fids.update({("raw", st): v for st, v in r.get("fid_raw_curve", [])})
-            during += [f"| {label} | {w} @ {st} | {fmt(fids.get((w, st)))} | {_shift_cells(c, ref)} |"
-                       for st, w, c in sorted(r.get("color_curve", []), key=lambda x: (x[1], x[0])) if ref]
+            during += [f"| {label} | {w} @ {st} | {fmt(fids.get((w, st)))} | {_shift_cells(c, row_ref or ref)} |"
+                       for st, w, c, row_ref in sorted(r.get("color_curve", []), key=lambda x: (x[1], x[0]))
+                       if row_ref or ref]
     if not final and not during:
         return []
-    floor = res.get("floor_color")
+    p = res.get("protocol") or {}
     lines = ["", "Colours of the samples against the reference images' (mean offsets on the 0-255 scale; std ratio "
-             "> 1 = more contrast; final FID-10k samples, then each in-training FID sample):", "", head,
-             "|---|---|---|---|---|---|---|", *final]
-    if floor and any(r.get("color_ref") for a in res["arms"] for r in a["runs"]):
-        ref = next(r["color_ref"] for a in res["arms"] for r in a["runs"] if r.get("color_ref"))
+             f"> 1 = more contrast; final samples with their FID-{p.get('final_n', 'N')}, then each in-training "
+             f"sample with its FID-{p.get('fid_n', 'N')}):", "", head, "|---|---|---|---|---|---|---|", *final]
+    ref = next((r["color_ref"] for a in res["arms"] for r in a["runs"] if r.get("color_ref")), None)
+    if res.get("floor_color") and ref:
         lines.append(f"| floor (the metric floor's images) | data | {fmt(res['floor']['fid'])} | "
-                     f"{_shift_cells(floor, ref)} |")
+                     f"{_shift_cells(res['floor_color'], ref)} |")
     return lines + during
 
 
