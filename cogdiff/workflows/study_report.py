@@ -54,10 +54,11 @@ def run_record(run: RunDir) -> dict:
     ema_rows, raw_rows = run.fid(), run.fid(raw=True)  # in-training FID logs
     refs = [rec.get("protocol", {}).get("ref_color"), *(r.get("color_ref") for r in ema_rows + raw_rows)]
     out["color_ref"] = next((c for c in refs if c), None)  # the reference images' colours (compare.json or FID logs)
-    # in-training samples: [step, weights, their colours, the colours of the reference that row was scored against]
-    out["color_curve"] = [[r["step"], w, r["color"], r.get("color_ref")] for w, rows in (("ema", ema_rows),
-                                                                                         ("raw", raw_rows))
-                          for r in rows if r.get("color")]
+    # in-training samples: [step, weights, their colours, the colours of the reference that row was scored against
+    # where it is not the run's color_ref, else None]
+    out["color_curve"] = [[r["step"], w, r["color"], None if r.get("color_ref") == out["color_ref"]
+                           else r.get("color_ref")]
+                          for w, rows in (("ema", ema_rows), ("raw", raw_rows)) for r in rows if r.get("color")]
     out["fid_curve"] = [[r["step"], r["fid"]] for r in ema_rows if r.get("fid") is not None]
     raw_curve = [[r["step"], r["fid"]] for r in raw_rows if r.get("fid") is not None]
     if raw_curve:  # runs with train.fid_raw
